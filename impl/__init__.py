@@ -1,0 +1,1 @@
+"""beaverq.impl: the I/O-bearing implementation (CLI, persistence, clock, serialisation)."""

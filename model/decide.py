@@ -1,0 +1,502 @@
+"""``decide(state, command) -> events``: every lifecycle decision lives here.
+
+``decide`` reads the state and a command and returns the events that record what
+happens, numbered with the next LSNs.  It never changes the state: the caller
+appends the events to the log and then folds them in with ``evolve``.  A command
+that is malformed or not allowed raises :class:`Rejected` naming the command, the
+job, its state and the rule; a command with nothing to do (lease when no job is
+ready, pause a paused queue, enqueue a duplicate idempotency key) returns ``()``.
+
+Commands that produce several events (``Tick``, ``Recover``) decide each one on
+the state left by the previous ones, through a small ``_Emitter``; so a batch of
+events is exactly what deciding them one at a time would have produced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import attrs
+
+from . import limits
+from .backoff import backoff_ms
+from .commands import (
+    Cancel,
+    Command,
+    Complete,
+    Enqueue,
+    Fail,
+    Lease,
+    PauseQueue,
+    Recover,
+    Requeue,
+    ResumeQueue,
+    Tick,
+)
+from .errors import Rejected, Rejection
+from .events import (
+    CancelRequested,
+    DelayElapsed,
+    Event,
+    JobCancelled,
+    JobCompleted,
+    JobEnqueued,
+    JobFailed,
+    JobForgotten,
+    JobRequeued,
+    LeaseExpired,
+    LeaseGranted,
+    QueuePaused,
+    QueueResumed,
+)
+from .evolve import ending_target, evolve
+from .fifo import fifo_first
+from .jobs import Job, JobSpec
+from .lifecycle import CANCELLED, COMPLETED, DEAD, DELAYED, IN_FLIGHT, PENDING
+from .recovery import abandon_leases
+from .state import State, timer_is_live
+from .timers import timers_peek, timers_pop
+from .validation import (
+    Problem,
+    check_job_id,
+    check_json,
+    check_queue_name,
+    check_range,
+    check_time,
+    check_token,
+    truncate_utf8,
+)
+
+E = TypeVar("E", bound=Event)
+
+
+def decide(state: State, command: Command) -> tuple[Event, ...]:
+    handler = _DECIDE[type(command)]
+    _refuse_if(command, None, state, check_time(command.now_ms))
+    events = handler(state, command)
+    # Events are numbered consecutively after the state's last LSN.
+    for offset, event in enumerate(events, start=1):
+        assert event.lsn == state.last_lsn + offset, (event, state.last_lsn)
+    return events
+
+
+def derived_job_id(lsn: int) -> str:
+    """The id given to a job enqueued without one: unique, since LSNs never repeat."""
+    return f"j{lsn}"
+
+
+def enqueued_job_id(state: State, command: Enqueue, events: tuple[Event, ...]) -> str:
+    """The job an ``Enqueue`` refers to: the new one, or the one its key already names."""
+    if events:
+        first = events[0]
+        assert isinstance(first, JobEnqueued)
+        return first.job_id
+    assert command.idempotency_key is not None
+    return state.idempotency_keys[command.idempotency_key]
+
+
+# -- Rejections. ------------------------------------------------------------------------
+
+
+def _refuse(
+    command: Command, job_id: str | None, job: Job | None, rule: str, detail: str
+) -> Rejected:
+    status = None if job is None else job.status.value
+    return Rejected(
+        Rejection(
+            command=type(command).__name__, job_id=job_id, status=status, rule=rule, detail=detail
+        )
+    )
+
+
+def _refuse_if(command: Command, job_id: str | None, state: State, problem: Problem | None) -> None:
+    if problem is not None:
+        job = None if job_id is None else state.jobs.get(job_id)
+        raise _refuse(command, job_id, job, *problem)
+
+
+def _job_or_refuse(state: State, command: Command, job_id: str) -> Job:
+    _refuse_if(
+        command,
+        job_id,
+        state,
+        check_token("job_id", job_id, limits.JOB_ID_BYTES_MAX, "JOB_ID_BYTES_MAX"),
+    )
+    job = state.jobs.get(job_id)
+    if job is None:
+        raise _refuse(command, job_id, None, "job_not_found", "no such job in the state")
+    return job
+
+
+# -- Enqueue. ---------------------------------------------------------------------------
+
+
+def _decide_enqueue(state: State, command: Enqueue) -> tuple[Event, ...]:
+    given_id = command.job_id
+    for problem in _enqueue_problems(command):
+        _refuse_if(command, given_id, state, problem)
+    if command.idempotency_key is not None and command.idempotency_key in state.idempotency_keys:
+        return ()  # the first enqueue with this key stands (see enqueued_job_id)
+    lsn = state.last_lsn + 1
+    job_id = derived_job_id(lsn) if given_id is None else given_id
+    existing = state.jobs.get(job_id)
+    if existing is not None:
+        raise _refuse(
+            command, job_id, existing, "job_id_taken", "a job with this id is in the state"
+        )
+    if state.counts.total >= limits.JOBS_MAX:
+        raise _refuse(
+            command,
+            job_id,
+            None,
+            "jobs_max_reached",
+            f"the state holds JOBS_MAX={limits.JOBS_MAX} jobs",
+        )
+    spec = JobSpec(
+        job_id=job_id,
+        queue=command.queue,
+        handler=command.handler,
+        args_json=command.args_json,
+        priority=command.priority,
+        max_attempts=command.max_attempts,
+        timeout_ms=command.timeout_ms,
+        backoff_base_ms=command.backoff_base_ms,
+        backoff_cap_ms=command.backoff_cap_ms,
+        idempotency_key=command.idempotency_key,
+    )
+    ready_at_ms = command.now_ms + command.delay_ms
+    return (JobEnqueued(lsn=lsn, at_ms=command.now_ms, spec=spec, ready_at_ms=ready_at_ms),)
+
+
+def _enqueue_problems(command: Enqueue) -> list[Problem | None]:
+    key = command.idempotency_key
+    return [
+        None if command.job_id is None else check_job_id(command.job_id),
+        check_queue_name(command.queue),
+        check_token(
+            "handler", command.handler, limits.HANDLER_NAME_BYTES_MAX, "HANDLER_NAME_BYTES_MAX"
+        ),
+        check_json(
+            "args_json", command.args_json, limits.ARGS_JSON_BYTES_MAX, "ARGS_JSON_BYTES_MAX"
+        ),
+        check_range(
+            "priority",
+            command.priority,
+            limits.PRIORITY_MIN,
+            limits.PRIORITY_MAX,
+            "PRIORITY_MIN..PRIORITY_MAX",
+        ),
+        check_range(
+            "max_attempts", command.max_attempts, 1, limits.ATTEMPTS_MAX, "1..ATTEMPTS_MAX"
+        ),
+        check_range(
+            "timeout_ms",
+            command.timeout_ms,
+            limits.TIMEOUT_MS_MIN,
+            limits.TIMEOUT_MS_MAX,
+            "TIMEOUT_MS_MIN..TIMEOUT_MS_MAX",
+        ),
+        check_range("delay_ms", command.delay_ms, 0, limits.DELAY_MS_MAX, "0..DELAY_MS_MAX"),
+        check_range(
+            "backoff_cap_ms",
+            command.backoff_cap_ms,
+            0,
+            limits.BACKOFF_CAP_MS_MAX,
+            "0..BACKOFF_CAP_MS_MAX",
+        ),
+        check_range(
+            "backoff_base_ms",
+            command.backoff_base_ms,
+            0,
+            max(0, command.backoff_cap_ms) if isinstance(command.backoff_cap_ms, int) else 0,
+            "0..backoff_cap_ms",
+        ),
+        None
+        if key is None
+        else check_token(
+            "idempotency_key", key, limits.IDEMPOTENCY_KEY_BYTES_MAX, "IDEMPOTENCY_KEY_BYTES_MAX"
+        ),
+    ]
+
+
+# -- Lease. -----------------------------------------------------------------------------
+
+
+def next_ready_job(state: State) -> Job | None:
+    """The job a lease would take: highest priority, then first ready (FIFO), skipping
+    paused queues.  DELAYED jobs are not in ``ready``, so not-yet-due jobs never are."""
+    best: Job | None = None
+    for (queue, _priority), fifo in state.ready.items():
+        if queue in state.paused:
+            continue
+        first = fifo_first(fifo)
+        assert first is not None, "empty FIFOs are removed from ready"
+        job = state.jobs[first[1]]
+        if best is None or _lease_order(job) < _lease_order(best):
+            best = job
+    return best
+
+
+def _lease_order(job: Job) -> tuple[int, int]:
+    return (-job.spec.priority, job.ready_lsn)
+
+
+def _decide_lease(state: State, command: Lease) -> tuple[Event, ...]:
+    _refuse_if(
+        command,
+        None,
+        state,
+        check_token(
+            "worker_id", command.worker_id, limits.WORKER_ID_BYTES_MAX, "WORKER_ID_BYTES_MAX"
+        ),
+    )
+    job = next_ready_job(state)
+    if job is None:
+        return ()
+    if state.counts.in_flight >= limits.IN_FLIGHT_MAX:
+        raise _refuse(
+            command,
+            job.job_id,
+            job,
+            "in_flight_max_reached",
+            f"IN_FLIGHT_MAX={limits.IN_FLIGHT_MAX} leases are live",
+        )
+    assert job.status is PENDING
+    return (
+        LeaseGranted(
+            lsn=state.last_lsn + 1,
+            at_ms=command.now_ms,
+            job_id=job.job_id,
+            attempt=job.attempt + 1,
+            worker_id=command.worker_id,
+            expires_at_ms=command.now_ms + job.spec.timeout_ms,
+        ),
+    )
+
+
+# -- Results: the attempt fence. --------------------------------------------------------
+
+
+def _current_attempt_or_refuse(state: State, command: Complete | Fail) -> Job:
+    job = _job_or_refuse(state, command, command.job_id)
+    if job.status is not IN_FLIGHT or command.attempt != job.attempt:
+        # A result from any lease but the live one is stale: accepting it could
+        # complete a job twice or resurrect a finished one (spec: fenced results).
+        live = f"live attempt is {job.attempt}" if job.status is IN_FLIGHT else "no live lease"
+        raise _refuse(
+            command,
+            job.job_id,
+            job,
+            "stale_attempt",
+            f"result for attempt {command.attempt}; {live}",
+        )
+    return job
+
+
+def _decide_complete(state: State, command: Complete) -> tuple[Event, ...]:
+    job = _current_attempt_or_refuse(state, command)
+    _refuse_if(
+        command,
+        job.job_id,
+        state,
+        check_json(
+            "result_json",
+            command.result_json,
+            limits.RESULT_JSON_BYTES_MAX,
+            "RESULT_JSON_BYTES_MAX",
+        ),
+    )
+    return (
+        JobCompleted(
+            lsn=state.last_lsn + 1,
+            at_ms=command.now_ms,
+            job_id=job.job_id,
+            attempt=job.attempt,
+            result_json=command.result_json,
+        ),
+    )
+
+
+def _decide_fail(state: State, command: Fail) -> tuple[Event, ...]:
+    job = _current_attempt_or_refuse(state, command)
+    _refuse_if(
+        command,
+        job.job_id,
+        state,
+        check_range("jitter_seed", command.jitter_seed, 0, 2**64 - 1, "0..2**64-1"),
+    )
+    if not isinstance(command.error, str):
+        raise _refuse(command, job.job_id, job, "error_invalid", "error must be a string")
+    retry_at_ms: int | None = command.now_ms + backoff_ms(
+        job.attempts_used, job.spec.backoff_base_ms, job.spec.backoff_cap_ms, command.jitter_seed
+    )
+    if ending_target(job, retry_at_ms, command.now_ms) in (DEAD, CANCELLED):
+        retry_at_ms = None
+    # A long error is cut, not refused: refusing would lose the failure itself.
+    error = truncate_utf8(command.error, limits.ERROR_BYTES_MAX)
+    return (
+        JobFailed(
+            lsn=state.last_lsn + 1,
+            at_ms=command.now_ms,
+            job_id=job.job_id,
+            attempt=job.attempt,
+            error=error,
+            retry_at_ms=retry_at_ms,
+        ),
+    )
+
+
+# -- Time passes. -----------------------------------------------------------------------
+
+
+@attrs.define
+class _Emitter:
+    """Numbers events and folds each into a running state as it is decided."""
+
+    state: State
+    now_ms: int
+    events: list[Event] = attrs.Factory(list)
+
+    def emit(self, event_type: Callable[..., E], **fields: Any) -> E:
+        event = event_type(lsn=self.state.last_lsn + 1, at_ms=self.now_ms, **fields)
+        self.state = evolve(self.state, event)
+        self.events.append(event)
+        return event
+
+
+def _decide_tick(state: State, command: Tick) -> tuple[Event, ...]:
+    _refuse_if(
+        command,
+        None,
+        state,
+        check_range("retention_ms", command.retention_ms, 0, limits.TIME_MS_MAX, "0..TIME_MS_MAX"),
+    )
+    _refuse_if(
+        command,
+        None,
+        state,
+        check_range(
+            "finished_jobs_retained_max",
+            command.finished_jobs_retained_max,
+            0,
+            limits.JOBS_MAX,
+            "0..JOBS_MAX",
+        ),
+    )
+    emitter = _Emitter(state, command.now_ms)
+    _expire_leases(emitter)
+    _release_due_jobs(emitter)
+    _forget_finished_jobs(emitter, command.retention_ms, command.finished_jobs_retained_max)
+    return tuple(emitter.events)
+
+
+def _expire_leases(emitter: _Emitter) -> None:
+    now_ms = emitter.now_ms
+    expired = sorted(
+        (expires_at_ms, job_id)
+        for job_id, expires_at_ms in emitter.state.in_flight.items()
+        if expires_at_ms <= now_ms
+    )
+    for _expires_at_ms, job_id in expired[: limits.TICK_EXPIRIES_MAX]:
+        emitter.emit(LeaseExpired, job_id=job_id, attempt=emitter.state.jobs[job_id].attempt)
+
+
+def _release_due_jobs(emitter: _Emitter) -> None:
+    # Walk the heap in order on a private copy (popping a persistent heap leaves
+    # the state's heap untouched), skipping stale entries.
+    timers = emitter.state.timers
+    jobs = emitter.state.jobs
+    released = 0
+    entry = timers_peek(timers)
+    while (
+        entry is not None and entry[0] <= emitter.now_ms and released < limits.TICK_PROMOTIONS_MAX
+    ):
+        if timer_is_live(jobs, entry):
+            emitter.emit(DelayElapsed, job_id=entry[2])
+            released += 1
+        timers = timers_pop(timers)
+        entry = timers_peek(timers)
+
+
+def _forget_finished_jobs(emitter: _Emitter, retention_ms: int, retained_max: int) -> None:
+    # Finished jobs leave in the order they finished: first those over the count
+    # bound, then those older than the retention period.
+    for _ in range(limits.TICK_FORGETS_MAX):
+        finished = emitter.state.finished
+        first = fifo_first(finished)
+        if first is None:
+            return
+        job = emitter.state.jobs[first[1]]
+        assert job.finished_at_ms is not None
+        too_many = len(finished) > retained_max
+        too_old = job.finished_at_ms + retention_ms <= emitter.now_ms
+        if not (too_many or too_old):
+            return
+        emitter.emit(JobForgotten, job_id=job.job_id)
+
+
+def _decide_recover(state: State, command: Recover) -> tuple[Event, ...]:
+    return abandon_leases(state, command.now_ms)
+
+
+# -- Operator commands. -----------------------------------------------------------------
+
+
+def _decide_cancel(state: State, command: Cancel) -> tuple[Event, ...]:
+    job = _job_or_refuse(state, command, command.job_id)
+    lsn, at_ms = state.last_lsn + 1, command.now_ms
+    if job.status in (PENDING, DELAYED):
+        return (JobCancelled(lsn=lsn, at_ms=at_ms, job_id=job.job_id),)
+    if job.status is IN_FLIGHT:
+        # The worker is not interrupted; the cancellation takes effect at its result.
+        if job.cancel_requested:
+            return ()
+        return (CancelRequested(lsn=lsn, at_ms=at_ms, job_id=job.job_id),)
+    if job.status is CANCELLED:
+        return ()
+    assert job.status in (COMPLETED, DEAD)
+    raise _refuse(command, job.job_id, job, "job_finished", "a finished job cannot be cancelled")
+
+
+def _decide_requeue(state: State, command: Requeue) -> tuple[Event, ...]:
+    job = _job_or_refuse(state, command, command.job_id)
+    if job.status is not DEAD:
+        raise _refuse(command, job.job_id, job, "job_not_dead", "only dead jobs can be requeued")
+    return (JobRequeued(lsn=state.last_lsn + 1, at_ms=command.now_ms, job_id=job.job_id),)
+
+
+def _decide_pause(state: State, command: PauseQueue) -> tuple[Event, ...]:
+    _refuse_if(command, None, state, check_queue_name(command.queue))
+    if command.queue in state.paused:
+        return ()
+    if len(state.paused) >= limits.PAUSED_QUEUES_MAX:
+        raise _refuse(
+            command,
+            None,
+            None,
+            "paused_queues_max_reached",
+            f"PAUSED_QUEUES_MAX={limits.PAUSED_QUEUES_MAX} queues are paused",
+        )
+    return (QueuePaused(lsn=state.last_lsn + 1, at_ms=command.now_ms, queue=command.queue),)
+
+
+def _decide_resume(state: State, command: ResumeQueue) -> tuple[Event, ...]:
+    _refuse_if(command, None, state, check_queue_name(command.queue))
+    if command.queue not in state.paused:
+        return ()
+    return (QueueResumed(lsn=state.last_lsn + 1, at_ms=command.now_ms, queue=command.queue),)
+
+
+_DECIDE: dict[type[Any], Callable[[State, Any], tuple[Event, ...]]] = {
+    Enqueue: _decide_enqueue,
+    Lease: _decide_lease,
+    Complete: _decide_complete,
+    Fail: _decide_fail,
+    Tick: _decide_tick,
+    Cancel: _decide_cancel,
+    Requeue: _decide_requeue,
+    PauseQueue: _decide_pause,
+    ResumeQueue: _decide_resume,
+    Recover: _decide_recover,
+}

@@ -1,0 +1,354 @@
+"""``evolve(state, event) -> state``: apply one recorded fact.  And ``replay``, the fold.
+
+Nothing here decides anything: ``decide`` already did, and the event says what it
+decided.  Each apply function computes the job's new record, asserts that the move
+is an edge of the lifecycle table (lifecycle.py, Rule 1), and moves the job
+between the state's indexes.
+
+Replay is idempotent in two independent ways (the original design, decision 3):
+
+* **by LSN** (``evolve``): an event at or below ``state.last_lsn`` is already in
+  the state, for instance because a snapshot taken at a later LSN covers it, and
+  is skipped.  Any other event must be the very next one: a gap means the log lost
+  a record, and that is a loud failure, never a silent skip.
+* **by state** (``apply_event``): every job remembers the LSN of the last event
+  applied to it (``Job.last_lsn``, a page LSN as in ARIES).  An event for a job at
+  or below that LSN is already reflected and changes nothing.  An event that is
+  not reflected but does not fit the job's state is a broken invariant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import attrs
+
+from .events import (
+    CancelRequested,
+    DelayElapsed,
+    Event,
+    JobCancelled,
+    JobCompleted,
+    JobEnqueued,
+    JobFailed,
+    JobForgotten,
+    JobRequeued,
+    LeaseAbandoned,
+    LeaseExpired,
+    LeaseGranted,
+    QueuePaused,
+    QueueResumed,
+)
+from .fifo import EMPTY_FIFO, fifo_push, fifo_remove
+from .jobs import AttemptRecord, Job
+from .lifecycle import (
+    ABSENT,
+    CANCELLED,
+    DEAD,
+    DELAYED,
+    FINISHED,
+    IN_FLIGHT,
+    PENDING,
+    JobStatus,
+    is_allowed,
+)
+from .limits import ATTEMPT_HISTORY_MAX
+from .state import State, timers_drop_stale
+from .timers import timers_push
+
+
+def evolve(state: State, event: Event) -> State:
+    """Apply ``event`` unless the state already covers its LSN."""
+    if event.lsn <= state.last_lsn:
+        return state
+    assert event.lsn == state.last_lsn + 1, (
+        f"log gap: state is at LSN {state.last_lsn}, next event has LSN {event.lsn}"
+    )
+    after = apply_event(state, event)
+    assert after.last_lsn == event.lsn
+    return after
+
+
+def replay(state: State, events: Iterable[Event]) -> State:
+    """Fold ``evolve`` over ``events``: recovery's snapshot + log tail."""
+    for event in events:
+        state = evolve(state, event)
+    return state
+
+
+def apply_event(state: State, event: Event) -> State:
+    """Apply ``event``; a no-op if the state already reflects it (see module doc)."""
+    if isinstance(event, (QueuePaused, QueueResumed)):
+        return _apply_queue_event(state, event)
+    job = state.jobs.get(event.job_id)
+    if job is None:
+        if not isinstance(event, JobEnqueued):
+            # The job is gone: forgotten after this event, or the event is bogus.
+            assert event.lsn <= state.last_lsn, f"{event!r} names a job not in the state"
+            return state
+    elif job.last_lsn >= event.lsn:
+        return state
+    apply = _APPLY[type(event)]
+    return apply(state, job, event)
+
+
+def _apply_queue_event(state: State, event: QueuePaused | QueueResumed) -> State:
+    if isinstance(event, QueuePaused):
+        paused = state.paused | {event.queue}
+    else:
+        paused = state.paused - {event.queue}
+    return attrs.evolve(state, paused=paused, last_lsn=max(state.last_lsn, event.lsn))
+
+
+# -- One apply function per job event.  ``job`` is None only for JobEnqueued. --------
+
+
+def _apply_job_enqueued(state: State, job: Job | None, event: JobEnqueued) -> State:
+    # A job id is unique among the jobs in the state (decide rule job_id_taken).
+    assert job is None, f"{event!r}: job id already in the state"
+    target = PENDING if event.ready_at_ms <= event.at_ms else DELAYED
+    created = Job(
+        spec=event.spec,
+        status=target,
+        enqueued_lsn=event.lsn,
+        enqueued_at_ms=event.at_ms,
+        last_lsn=event.lsn,
+        ready_at_ms=event.ready_at_ms,
+        ready_lsn=event.lsn,
+        slot=-1,
+        attempt=0,
+        attempts_used=0,
+        lease_expires_at_ms=None,
+        cancel_requested=False,
+        result_json=None,
+        error=None,
+        finished_at_ms=None,
+        history=(),
+    )
+    return _move(state, None, created, event)
+
+
+def _apply_delay_elapsed(state: State, job: Job | None, event: DelayElapsed) -> State:
+    assert job is not None
+    moved = attrs.evolve(job, status=PENDING, ready_lsn=event.lsn)
+    return _move(state, job, moved, event)
+
+
+def _apply_lease_granted(state: State, job: Job | None, event: LeaseGranted) -> State:
+    assert job is not None
+    # The fence only ever grows: lease n+1 follows lease n.
+    assert event.attempt == job.attempt + 1, (event, job.attempt)
+    assert job.attempts_used < job.spec.max_attempts, job
+    record = AttemptRecord(
+        attempt=event.attempt,
+        worker_id=event.worker_id,
+        leased_at_ms=event.at_ms,
+        expires_at_ms=event.expires_at_ms,
+    )
+    moved = attrs.evolve(
+        job,
+        status=IN_FLIGHT,
+        attempt=event.attempt,
+        attempts_used=job.attempts_used + 1,
+        lease_expires_at_ms=event.expires_at_ms,
+        history=(*job.history, record)[-ATTEMPT_HISTORY_MAX:],
+    )
+    return _move(state, job, moved, event)
+
+
+def _apply_job_completed(state: State, job: Job | None, event: JobCompleted) -> State:
+    assert job is not None
+    assert event.attempt == job.attempt, (event, job.attempt)
+    moved = attrs.evolve(
+        job,
+        status=JobStatus.COMPLETED,
+        result_json=event.result_json,
+        lease_expires_at_ms=None,
+        finished_at_ms=event.at_ms,
+        history=_end_attempt(job, event.at_ms, "completed", None),
+    )
+    return _move(state, job, moved, event)
+
+
+def _apply_job_failed(state: State, job: Job | None, event: JobFailed) -> State:
+    assert job is not None
+    return _end_unsuccessfully(state, job, event, "failed", event.error, event.retry_at_ms)
+
+
+def _apply_lease_expired(state: State, job: Job | None, event: LeaseExpired) -> State:
+    assert job is not None
+    # A timed-out attempt counts (it was counted when leased) and, when attempts
+    # remain, the job is re-queued at once.
+    error = f"lease expired: attempt {event.attempt} ran longer than {job.spec.timeout_ms} ms"
+    return _end_unsuccessfully(state, job, event, "expired", error, event.at_ms)
+
+
+def _apply_lease_abandoned(state: State, job: Job | None, event: LeaseAbandoned) -> State:
+    assert job is not None
+    error = f"lease abandoned: the process running attempt {event.attempt} stopped"
+    return _end_unsuccessfully(state, job, event, "abandoned", error, event.at_ms)
+
+
+def _apply_cancel_requested(state: State, job: Job | None, event: CancelRequested) -> State:
+    assert job is not None
+    assert not job.cancel_requested, job
+    return _move(state, job, attrs.evolve(job, cancel_requested=True), event)
+
+
+def _apply_job_cancelled(state: State, job: Job | None, event: JobCancelled) -> State:
+    assert job is not None
+    moved = attrs.evolve(job, status=CANCELLED, finished_at_ms=event.at_ms)
+    return _move(state, job, moved, event)
+
+
+def _apply_job_requeued(state: State, job: Job | None, event: JobRequeued) -> State:
+    assert job is not None
+    # A fresh budget of attempts; ``attempt`` (the fence) keeps counting.
+    moved = attrs.evolve(
+        job,
+        status=PENDING,
+        attempts_used=0,
+        ready_at_ms=event.at_ms,
+        ready_lsn=event.lsn,
+        finished_at_ms=None,
+        cancel_requested=False,
+    )
+    return _move(state, job, moved, event)
+
+
+def _apply_job_forgotten(state: State, job: Job | None, event: JobForgotten) -> State:
+    assert job is not None
+    return _move(state, job, None, event)
+
+
+_APPLY: dict[type[Any], Callable[[State, Job | None, Any], State]] = {
+    JobEnqueued: _apply_job_enqueued,
+    DelayElapsed: _apply_delay_elapsed,
+    LeaseGranted: _apply_lease_granted,
+    JobCompleted: _apply_job_completed,
+    JobFailed: _apply_job_failed,
+    LeaseExpired: _apply_lease_expired,
+    LeaseAbandoned: _apply_lease_abandoned,
+    CancelRequested: _apply_cancel_requested,
+    JobCancelled: _apply_job_cancelled,
+    JobRequeued: _apply_job_requeued,
+    JobForgotten: _apply_job_forgotten,
+}
+
+
+# -- Shared steps. ----------------------------------------------------------------------
+
+
+def ending_target(job: Job, retry_at_ms: int | None, at_ms: int) -> JobStatus:
+    """Where an attempt that did not succeed leads (lifecycle.py, second NB).
+
+    ``decide`` uses the same function to choose ``retry_at_ms``, so a failure event
+    and its application can never disagree about the job's fate.
+    """
+    if job.cancel_requested:
+        return CANCELLED
+    if job.attempts_used >= job.spec.max_attempts:
+        return DEAD
+    assert retry_at_ms is not None, f"{job.job_id}: a retry needs a retry time"
+    return DELAYED if retry_at_ms > at_ms else PENDING
+
+
+def _end_unsuccessfully(
+    state: State,
+    job: Job,
+    event: JobFailed | LeaseExpired | LeaseAbandoned,
+    outcome: str,
+    error: str,
+    retry_at_ms: int | None,
+) -> State:
+    assert event.attempt == job.attempt, (event, job.attempt)
+    target = ending_target(job, retry_at_ms, event.at_ms)
+    if target in FINISHED:
+        assert retry_at_ms is None or not isinstance(event, JobFailed), event
+        ready_at_ms, finished_at_ms = job.ready_at_ms, event.at_ms
+    else:
+        assert retry_at_ms is not None
+        ready_at_ms, finished_at_ms = max(retry_at_ms, event.at_ms), None
+    moved = attrs.evolve(
+        job,
+        status=target,
+        error=error,
+        lease_expires_at_ms=None,
+        ready_at_ms=ready_at_ms,
+        ready_lsn=event.lsn,
+        finished_at_ms=finished_at_ms,
+        history=_end_attempt(job, event.at_ms, outcome, error),
+    )
+    return _move(state, job, moved, event)
+
+
+def _end_attempt(
+    job: Job, at_ms: int, outcome: str, error: str | None
+) -> tuple[AttemptRecord, ...]:
+    assert job.history, f"{job.job_id}: an attempt ends but none was recorded"
+    last = job.history[-1]
+    assert last.attempt == job.attempt
+    assert last.outcome is None, last
+    ended = attrs.evolve(last, ended_at_ms=at_ms, outcome=outcome, error=error)
+    return (*job.history[:-1], ended)
+
+
+def _move(state: State, old: Job | None, new: Job | None, event: Event) -> State:
+    """Replace ``old`` by ``new`` in ``jobs`` and in the index of each one's status."""
+    source = ABSENT if old is None else old.status
+    target = ABSENT if new is None else new.status
+    # Rule 1: every move is an edge of the lifecycle table.
+    assert is_allowed(source, type(event).__name__, target), (source, event, target)
+    job_id = event.job_id  # type: ignore[union-attr]
+    ready, timers, in_flight, finished = state.ready, state.timers, state.in_flight, state.finished
+    keys = state.idempotency_keys
+
+    if old is not None:
+        if source is PENDING:
+            key = (old.spec.queue, old.spec.priority)
+            fifo = fifo_remove(ready[key], old.slot)
+            ready = ready.set(key, fifo) if fifo else ready.delete(key)
+        elif source is IN_FLIGHT:
+            in_flight = in_flight.delete(job_id)
+        elif source in FINISHED:
+            finished = fifo_remove(finished, old.slot)
+        # A DELAYED job's timer entry turns stale; it is dropped below.
+
+    jobs = state.jobs
+    if new is None:
+        assert old is not None
+        jobs = jobs.delete(job_id)
+        if old.spec.idempotency_key is not None:
+            keys = keys.delete(old.spec.idempotency_key)
+    else:
+        slot = -1
+        if target is PENDING:
+            key = (new.spec.queue, new.spec.priority)
+            fifo, slot = fifo_push(ready.get(key, EMPTY_FIFO), job_id)
+            ready = ready.set(key, fifo)
+        elif target is DELAYED:
+            timers = timers_push(timers, (new.ready_at_ms, new.ready_lsn, job_id))
+        elif target is IN_FLIGHT:
+            assert new.lease_expires_at_ms is not None
+            in_flight = in_flight.set(job_id, new.lease_expires_at_ms)
+        else:
+            finished, slot = fifo_push(finished, job_id)
+        new = attrs.evolve(new, slot=slot, last_lsn=event.lsn)
+        jobs = jobs.set(job_id, new)
+        if old is None and new.spec.idempotency_key is not None:
+            keys = keys.set(new.spec.idempotency_key, job_id)
+
+    if source is DELAYED:
+        timers = timers_drop_stale(timers, jobs)
+    return State(
+        jobs=jobs,
+        ready=ready,
+        timers=timers,
+        in_flight=in_flight,
+        finished=finished,
+        idempotency_keys=keys,
+        paused=state.paused,
+        counts=state.counts.moved(source, target),
+        last_lsn=max(state.last_lsn, event.lsn),
+    )

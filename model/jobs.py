@@ -1,0 +1,74 @@
+"""A job: what was asked for (``JobSpec``) and what has happened to it (``Job``).
+
+The split keeps the hot path cheap and the meaning clear: a ``JobSpec`` is fixed
+at enqueue and shared, unchanged, by every later version of the job; only the
+small ``Job`` record around it is rebuilt by each event.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from .lifecycle import JobStatus
+
+
+@attrs.frozen(kw_only=True)
+class JobSpec:
+    job_id: str
+    queue: str
+    handler: str
+    args_json: str  # canonical JSON text; the model never interprets it
+    priority: int
+    max_attempts: int
+    timeout_ms: int  # per attempt: the lease lasts this long
+    backoff_base_ms: int
+    backoff_cap_ms: int
+    idempotency_key: str | None
+
+
+@attrs.frozen(kw_only=True)
+class AttemptRecord:
+    """One lease of the job and how it ended (``outcome`` None while it runs)."""
+
+    attempt: int
+    worker_id: str
+    leased_at_ms: int
+    expires_at_ms: int
+    ended_at_ms: int | None = None
+    outcome: str | None = None  # "completed" | "failed" | "expired" | "abandoned"
+    error: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Job:
+    spec: JobSpec
+    status: JobStatus
+    enqueued_lsn: int
+    enqueued_at_ms: int
+    # The LSN of the last event applied to this job.  Like a page LSN in ARIES, it
+    # makes re-applying an event idempotent by state: an event at or below it is
+    # already reflected here.
+    last_lsn: int
+    # When the job may next be leased (DELAYED), or became ready (PENDING).
+    ready_at_ms: int
+    # Order of readiness: the LSN of the event that made the job PENDING (FIFO
+    # among equal priorities) or, while DELAYED, that scheduled it.
+    ready_lsn: int
+    # The job's slot in the ready FIFO (PENDING) or the finished FIFO (finished);
+    # -1 when it is in neither.
+    slot: int
+    # The fence: how many leases were ever granted.  Never reset, so a result
+    # from an earlier lease can always be told apart from the current one.
+    attempt: int
+    # Attempts counted against ``spec.max_attempts``; an operator requeue resets it.
+    attempts_used: int
+    lease_expires_at_ms: int | None
+    cancel_requested: bool
+    result_json: str | None
+    error: str | None
+    finished_at_ms: int | None
+    history: tuple[AttemptRecord, ...]
+
+    @property
+    def job_id(self) -> str:
+        return self.spec.job_id

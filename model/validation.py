@@ -1,0 +1,93 @@
+"""Checks of command fields against the named limits.
+
+Each check returns None when the value is acceptable, or a ``(rule, detail)``
+pair that ``decide`` turns into a :class:`~beaverq.model.errors.Rejection`.
+Rules are short snake_case names; details quote the limit by its name in
+limits.py so that an operator can find it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from . import limits
+
+Problem = tuple[str, str]
+
+# Derived ids are "j" + the LSN of the enqueue (decide.derived_job_id); callers may
+# not use that shape, so a caller's id can never collide with a future derived one.
+DERIVED_JOB_ID = re.compile(r"j[0-9]+")
+QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
+
+
+def _utf8_len(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _has_space_or_control(text: str) -> bool:
+    return any(ch.isspace() or not ch.isprintable() for ch in text)
+
+
+def check_range(name: str, value: int, low: int, high: int, limit_names: str) -> Problem | None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return (f"{name}_invalid", f"{name} must be an integer, got {value!r}")
+    if not low <= value <= high:
+        return (
+            f"{name}_out_of_range",
+            f"{name}={value} is outside [{low}, {high}] ({limit_names})",
+        )
+    return None
+
+
+def check_time(now_ms: int) -> Problem | None:
+    return check_range("now_ms", now_ms, 0, limits.TIME_MS_MAX, "0..TIME_MS_MAX")
+
+
+def check_token(name: str, value: str, bytes_max: int, limit_name: str) -> Problem | None:
+    """A non-empty identifier without white space or control characters."""
+    if not isinstance(value, str) or not value:
+        return (f"{name}_invalid", f"{name} must be a non-empty string")
+    if _utf8_len(value) > bytes_max:
+        return (f"{name}_too_long", f"{name} is longer than {bytes_max} bytes ({limit_name})")
+    if _has_space_or_control(value):
+        return (f"{name}_invalid", f"{name} {value!r} contains white space or control characters")
+    return None
+
+
+def check_job_id(job_id: str) -> Problem | None:
+    problem = check_token("job_id", job_id, limits.JOB_ID_BYTES_MAX, "JOB_ID_BYTES_MAX")
+    if problem is None and DERIVED_JOB_ID.fullmatch(job_id):
+        return ("job_id_reserved", f"ids of the form j<digits> ({job_id!r}) are derived ids")
+    return problem
+
+
+def check_queue_name(queue: str) -> Problem | None:
+    problem = check_token("queue", queue, limits.QUEUE_NAME_BYTES_MAX, "QUEUE_NAME_BYTES_MAX")
+    if problem is None and not QUEUE_NAME.fullmatch(queue):
+        return ("queue_invalid", f"queue {queue!r} must match {QUEUE_NAME.pattern}")
+    return problem
+
+
+def _refuse_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+def check_json(name: str, text: str, bytes_max: int, limit_name: str) -> Problem | None:
+    if not isinstance(text, str):
+        return (f"{name}_invalid", f"{name} must be JSON text")
+    if _utf8_len(text) > bytes_max:
+        return (f"{name}_too_large", f"{name} is larger than {bytes_max} bytes ({limit_name})")
+    try:
+        json.loads(text, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as error:
+        return (f"{name}_invalid", f"{name} is not valid JSON: {error}")
+    return None
+
+
+def truncate_utf8(text: str, bytes_max: int) -> str:
+    """``text`` cut to at most ``bytes_max`` UTF-8 bytes, never inside a character."""
+    encoded = text.encode("utf-8", "surrogatepass")
+    if len(encoded) <= bytes_max:
+        return text
+    return encoded[:bytes_max].decode("utf-8", "ignore")

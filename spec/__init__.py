@@ -1,0 +1,1 @@
+"""beaverq.spec: the executable specification that the model is checked against."""
