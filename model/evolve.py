@@ -22,8 +22,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import attrs
-
 from .events import (
     CancelRequested,
     DelayElapsed,
@@ -31,6 +29,7 @@ from .events import (
     JobCancelled,
     JobCompleted,
     JobEnqueued,
+    JobEvent,
     JobFailed,
     JobForgotten,
     JobRequeued,
@@ -45,6 +44,7 @@ from .jobs import AttemptRecord, Job
 from .lifecycle import (
     ABSENT,
     CANCELLED,
+    COMPLETED,
     DEAD,
     DELAYED,
     FINISHED,
@@ -54,6 +54,7 @@ from .lifecycle import (
     is_allowed,
 )
 from .limits import ATTEMPT_HISTORY_MAX
+from .records import replace_fields
 from .state import State, timers_drop_stale
 from .timers import timers_push
 
@@ -98,7 +99,7 @@ def _apply_queue_event(state: State, event: QueuePaused | QueueResumed) -> State
         paused = state.paused | {event.queue}
     else:
         paused = state.paused - {event.queue}
-    return attrs.evolve(state, paused=paused, last_lsn=max(state.last_lsn, event.lsn))
+    return replace_fields(state, paused=paused, last_lsn=max(state.last_lsn, event.lsn))
 
 
 # -- One apply function per job event.  ``job`` is None only for JobEnqueued. --------
@@ -108,15 +109,16 @@ def _apply_job_enqueued(state: State, job: Job | None, event: JobEnqueued) -> St
     # A job id is unique among the jobs in the state (decide rule job_id_taken).
     assert job is None, f"{event!r}: job id already in the state"
     target = PENDING if event.ready_at_ms <= event.at_ms else DELAYED
-    created = Job(
+    return _move(
+        state,
+        None,
+        event,
+        target,
         spec=event.spec,
-        status=target,
         enqueued_lsn=event.lsn,
         enqueued_at_ms=event.at_ms,
-        last_lsn=event.lsn,
         ready_at_ms=event.ready_at_ms,
         ready_lsn=event.lsn,
-        slot=-1,
         attempt=0,
         attempts_used=0,
         lease_expires_at_ms=None,
@@ -126,13 +128,11 @@ def _apply_job_enqueued(state: State, job: Job | None, event: JobEnqueued) -> St
         finished_at_ms=None,
         history=(),
     )
-    return _move(state, None, created, event)
 
 
 def _apply_delay_elapsed(state: State, job: Job | None, event: DelayElapsed) -> State:
     assert job is not None
-    moved = attrs.evolve(job, status=PENDING, ready_lsn=event.lsn)
-    return _move(state, job, moved, event)
+    return _move(state, job, event, PENDING, ready_lsn=event.lsn)
 
 
 def _apply_lease_granted(state: State, job: Job | None, event: LeaseGranted) -> State:
@@ -146,29 +146,31 @@ def _apply_lease_granted(state: State, job: Job | None, event: LeaseGranted) -> 
         leased_at_ms=event.at_ms,
         expires_at_ms=event.expires_at_ms,
     )
-    moved = attrs.evolve(
+    return _move(
+        state,
         job,
-        status=IN_FLIGHT,
+        event,
+        IN_FLIGHT,
         attempt=event.attempt,
         attempts_used=job.attempts_used + 1,
         lease_expires_at_ms=event.expires_at_ms,
         history=(*job.history, record)[-ATTEMPT_HISTORY_MAX:],
     )
-    return _move(state, job, moved, event)
 
 
 def _apply_job_completed(state: State, job: Job | None, event: JobCompleted) -> State:
     assert job is not None
     assert event.attempt == job.attempt, (event, job.attempt)
-    moved = attrs.evolve(
+    return _move(
+        state,
         job,
-        status=JobStatus.COMPLETED,
+        event,
+        COMPLETED,
         result_json=event.result_json,
         lease_expires_at_ms=None,
         finished_at_ms=event.at_ms,
         history=_end_attempt(job, event.at_ms, "completed", None),
     )
-    return _move(state, job, moved, event)
 
 
 def _apply_job_failed(state: State, job: Job | None, event: JobFailed) -> State:
@@ -193,33 +195,33 @@ def _apply_lease_abandoned(state: State, job: Job | None, event: LeaseAbandoned)
 def _apply_cancel_requested(state: State, job: Job | None, event: CancelRequested) -> State:
     assert job is not None
     assert not job.cancel_requested, job
-    return _move(state, job, attrs.evolve(job, cancel_requested=True), event)
+    return _move(state, job, event, IN_FLIGHT, cancel_requested=True)
 
 
 def _apply_job_cancelled(state: State, job: Job | None, event: JobCancelled) -> State:
     assert job is not None
-    moved = attrs.evolve(job, status=CANCELLED, finished_at_ms=event.at_ms)
-    return _move(state, job, moved, event)
+    return _move(state, job, event, CANCELLED, finished_at_ms=event.at_ms)
 
 
 def _apply_job_requeued(state: State, job: Job | None, event: JobRequeued) -> State:
     assert job is not None
     # A fresh budget of attempts; ``attempt`` (the fence) keeps counting.
-    moved = attrs.evolve(
+    return _move(
+        state,
         job,
-        status=PENDING,
+        event,
+        PENDING,
         attempts_used=0,
         ready_at_ms=event.at_ms,
         ready_lsn=event.lsn,
         finished_at_ms=None,
         cancel_requested=False,
     )
-    return _move(state, job, moved, event)
 
 
 def _apply_job_forgotten(state: State, job: Job | None, event: JobForgotten) -> State:
     assert job is not None
-    return _move(state, job, None, event)
+    return _move(state, job, event, ABSENT)
 
 
 _APPLY: dict[type[Any], Callable[[State, Job | None, Any], State]] = {
@@ -270,9 +272,11 @@ def _end_unsuccessfully(
     else:
         assert retry_at_ms is not None
         ready_at_ms, finished_at_ms = max(retry_at_ms, event.at_ms), None
-    moved = attrs.evolve(
+    return _move(
+        state,
         job,
-        status=target,
+        event,
+        target,
         error=error,
         lease_expires_at_ms=None,
         ready_at_ms=ready_at_ms,
@@ -280,7 +284,6 @@ def _end_unsuccessfully(
         finished_at_ms=finished_at_ms,
         history=_end_attempt(job, event.at_ms, outcome, error),
     )
-    return _move(state, job, moved, event)
 
 
 def _end_attempt(
@@ -290,23 +293,38 @@ def _end_attempt(
     last = job.history[-1]
     assert last.attempt == job.attempt
     assert last.outcome is None, last
-    ended = attrs.evolve(last, ended_at_ms=at_ms, outcome=outcome, error=error)
+    ended = AttemptRecord(
+        attempt=last.attempt,
+        worker_id=last.worker_id,
+        leased_at_ms=last.leased_at_ms,
+        expires_at_ms=last.expires_at_ms,
+        ended_at_ms=at_ms,
+        outcome=outcome,
+        error=error,
+    )
     return (*job.history[:-1], ended)
 
 
-def _move(state: State, old: Job | None, new: Job | None, event: Event) -> State:
-    """Replace ``old`` by ``new`` in ``jobs`` and in the index of each one's status."""
+def _move(
+    state: State, old: Job | None, event: JobEvent, target: JobStatus, **changes: Any
+) -> State:
+    """Move a job to ``target``: rebuild it with ``changes`` and update every index.
+
+    ``old`` is None for a new job (``changes`` then gives every field); ``target``
+    ABSENT removes the job.  The job record is built once, after its slot in the
+    target's FIFO is known.
+    """
     source = ABSENT if old is None else old.status
-    target = ABSENT if new is None else new.status
     # Rule 1: every move is an edge of the lifecycle table.
     assert is_allowed(source, type(event).__name__, target), (source, event, target)
-    job_id = event.job_id  # type: ignore[union-attr]
+    job_id = event.job_id
     ready, timers, in_flight, finished = state.ready, state.timers, state.in_flight, state.finished
-    keys = state.idempotency_keys
+    keys, jobs = state.idempotency_keys, state.jobs
+    spec = changes["spec"] if old is None else old.spec
 
     if old is not None:
         if source is PENDING:
-            key = (old.spec.queue, old.spec.priority)
+            key = (spec.queue, spec.priority)
             fifo = fifo_remove(ready[key], old.slot)
             ready = ready.set(key, fifo) if fifo else ready.delete(key)
         elif source is IN_FLIGHT:
@@ -315,29 +333,30 @@ def _move(state: State, old: Job | None, new: Job | None, event: Event) -> State
             finished = fifo_remove(finished, old.slot)
         # A DELAYED job's timer entry turns stale; it is dropped below.
 
-    jobs = state.jobs
-    if new is None:
-        assert old is not None
+    if target is ABSENT:
         jobs = jobs.delete(job_id)
-        if old.spec.idempotency_key is not None:
-            keys = keys.delete(old.spec.idempotency_key)
+        if spec.idempotency_key is not None:
+            keys = keys.delete(spec.idempotency_key)
     else:
         slot = -1
         if target is PENDING:
-            key = (new.spec.queue, new.spec.priority)
+            key = (spec.queue, spec.priority)
             fifo, slot = fifo_push(ready.get(key, EMPTY_FIFO), job_id)
             ready = ready.set(key, fifo)
-        elif target is DELAYED:
+        elif target in FINISHED:
+            finished, slot = fifo_push(finished, job_id)
+        if old is None:
+            new = Job(status=target, slot=slot, last_lsn=event.lsn, **changes)
+            if spec.idempotency_key is not None:
+                keys = keys.set(spec.idempotency_key, job_id)
+        else:
+            new = replace_fields(old, status=target, slot=slot, last_lsn=event.lsn, **changes)
+        if target is DELAYED:
             timers = timers_push(timers, (new.ready_at_ms, new.ready_lsn, job_id))
         elif target is IN_FLIGHT:
             assert new.lease_expires_at_ms is not None
             in_flight = in_flight.set(job_id, new.lease_expires_at_ms)
-        else:
-            finished, slot = fifo_push(finished, job_id)
-        new = attrs.evolve(new, slot=slot, last_lsn=event.lsn)
         jobs = jobs.set(job_id, new)
-        if old is None and new.spec.idempotency_key is not None:
-            keys = keys.set(new.spec.idempotency_key, job_id)
 
     if source is DELAYED:
         timers = timers_drop_stale(timers, jobs)
@@ -349,6 +368,6 @@ def _move(state: State, old: Job | None, new: Job | None, event: Event) -> State
         finished=finished,
         idempotency_keys=keys,
         paused=state.paused,
-        counts=state.counts.moved(source, target),
+        counts=state.counts if source is target else state.counts.moved(source, target),
         last_lsn=max(state.last_lsn, event.lsn),
     )

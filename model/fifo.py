@@ -14,7 +14,7 @@ import attrs
 import immutables
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class Fifo:
     head: int
     tail: int  # the next free slot; every slot >= tail is empty

@@ -3,6 +3,12 @@
 The split keeps the hot path cheap and the meaning clear: a ``JobSpec`` is fixed
 at enqueue and shared, unchanged, by every later version of the job; only the
 small ``Job`` record around it is rebuilt by each event.
+
+The records rebuilt on every event (``Job``, ``AttemptRecord``, and in state.py
+``State``, ``Counts``, ``Fifo``) are frozen attrs classes *without* slots: attrs
+builds a frozen slotted instance with one ``object.__setattr__`` call per field,
+a frozen dict-backed one with plain dict stores, and the second measured about
+twice as fast here (benchmarks/bench_model.py, docs/performance.md).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ class JobSpec:
     idempotency_key: str | None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, slots=False)
 class AttemptRecord:
     """One lease of the job and how it ended (``outcome`` None while it runs)."""
 
@@ -39,7 +45,7 @@ class AttemptRecord:
     error: str | None = None
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, slots=False)
 class Job:
     spec: JobSpec
     status: JobStatus

@@ -29,6 +29,10 @@ class JobStatus(enum.Enum):
     DEAD = "dead"
     CANCELLED = "cancelled"
 
+    # Identity hashing: members are singletons, and Enum's own __hash__ is a
+    # Python-level call on the hot path (every evolve checks the table).
+    __hash__ = object.__hash__
+
 
 ABSENT = JobStatus.ABSENT
 PENDING = JobStatus.PENDING
