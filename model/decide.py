@@ -112,7 +112,7 @@ def _refuse(
 
 def _refuse_if(command: Command, job_id: str | None, state: State, problem: Problem | None) -> None:
     if problem is not None:
-        job = None if job_id is None else state.jobs.get(job_id)
+        job = state.jobs.get(job_id) if isinstance(job_id, str) else None  # may be malformed
         raise _refuse(command, job_id, job, *problem)
 
 

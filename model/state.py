@@ -33,7 +33,7 @@ import immutables
 from .fifo import EMPTY_FIFO, Fifo
 from .jobs import Job
 from .lifecycle import JobStatus
-from .timers import EMPTY_TIMERS, Heap, timers_peek, timers_pop
+from .timers import EMPTY_TIMERS, Heap, timers_peek, timers_pop, timers_same_entries
 
 ReadyKey = tuple[str, int]  # (queue, priority)
 
@@ -94,7 +94,8 @@ _COUNT_INDEX: dict[JobStatus, int] = {status: index for index, status in enumera
 class State:
     jobs: immutables.Map[str, Job]
     ready: immutables.Map[ReadyKey, Fifo]
-    timers: Heap
+    # Two heaps holding the same entries are the same timers, whatever their shape.
+    timers: Heap = attrs.field(eq=attrs.cmp_using(eq=timers_same_entries), hash=False)
     in_flight: immutables.Map[str, int]
     finished: Fifo
     idempotency_keys: immutables.Map[str, str]

@@ -72,3 +72,8 @@ def timers_entries(heap: Heap) -> list[TimerEntry]:
             stack.append(node[2])
             stack.append(node[3])
     return found
+
+
+def timers_same_entries(a: Heap, b: Heap) -> bool:
+    """Equality of heaps as multisets of entries (their shapes may differ)."""
+    return a is b or sorted(timers_entries(a)) == sorted(timers_entries(b))
