@@ -1,0 +1,150 @@
+"""Snapshots: the whole state at one LSN, written atomically, read back verified.
+
+File ``snapshot-<lsn, 16 hex digits>.snap``::
+
+    offset size field
+         0    8 magic           b"BVQSNAP\\0"
+         8    4 format_version  of this file layout (1)
+        12    4 schema_version  of the encoded checkpoint (impl/codec.py)
+        16    8 lsn             the last event the snapshot includes
+        24    4 chain_crc       the WAL chain value at ``lsn`` (record.py)
+        28    4 compression     0 = none, 1 = zlib
+        32    8 body_length     bytes of body as stored
+        40    4 body_crc        CRC-32C of the stored body
+        44    4 header_crc      CRC-32C of bytes 0..43
+        48    n body            the encoded checkpoint, compressed or not
+
+Write order, and why each step: write ``<name>.tmp`` and fsync it (the data is
+durable before any name points at it); rename it to ``<name>`` (atomic: a reader
+sees the old set of snapshots or the new one, never half a file); fsync the
+directory (the rename itself is durable).  Only after that may anything the
+snapshot replaces (older snapshots, WAL segments) be deleted; storage.py does so.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import struct
+import zlib
+
+import attrs
+import crc32c
+
+from .fs import FileSystem, StorageError
+
+MAGIC = b"BVQSNAP\0"
+FORMAT_VERSION = 1
+HEADER = struct.Struct("<8sIIQIIQII")
+COMPRESSIONS = {"none": 0, "zlib": 1}
+_NAME = re.compile(r"snapshot-([0-9a-f]{16})\.snap")
+
+assert HEADER.size == 48
+
+
+class SnapshotVersionError(StorageError):
+    """A snapshot written by another version of beaverq: refuse, never guess."""
+
+
+@attrs.frozen
+class SnapshotFile:
+    path: str
+    lsn: int
+
+
+@attrs.frozen
+class LoadedSnapshot:
+    path: str
+    lsn: int
+    chain_crc: int
+    schema_version: int
+    body: bytes  # decompressed, verified
+
+
+def snapshot_name(lsn: int) -> str:
+    return f"snapshot-{lsn:016x}.snap"
+
+
+def list_snapshots(fs: FileSystem, directory: str) -> list[SnapshotFile]:
+    """Snapshot files, newest (highest LSN) first."""
+    found = []
+    for name in fs.list_dir(directory):
+        match = _NAME.fullmatch(name)
+        if match is not None:
+            found.append(SnapshotFile(posixpath.join(directory, name), int(match.group(1), 16)))
+    return sorted(found, key=lambda snapshot: snapshot.lsn, reverse=True)
+
+
+def encode_snapshot(
+    lsn: int, chain_crc: int, schema_version: int, body: bytes, compression: str = "none"
+) -> bytes:
+    code = COMPRESSIONS[compression]
+    stored = zlib.compress(body, 1) if code == 1 else body
+    header = HEADER.pack(
+        MAGIC,
+        FORMAT_VERSION,
+        schema_version,
+        lsn,
+        chain_crc,
+        code,
+        len(stored),
+        crc32c.crc32c(stored),
+        0,
+    )
+    header = header[:-4] + crc32c.crc32c(header[:-4]).to_bytes(4, "little")
+    return header + stored
+
+
+def decode_snapshot(data: bytes, path: str) -> LoadedSnapshot | str:
+    """The verified snapshot, or a sentence naming what is wrong (a damaged file).
+
+    Raises ``SnapshotVersionError`` for an intact file of another version.
+    """
+    if len(data) < HEADER.size:
+        return f"{len(data)} bytes, shorter than the {HEADER.size}-byte header"
+    magic, version, schema, lsn, chain, code, length, body_crc, header_crc = HEADER.unpack_from(
+        data
+    )
+    if magic != MAGIC:
+        return "bad magic"
+    if crc32c.crc32c(data[: HEADER.size - 4]) != header_crc:
+        return "header CRC mismatch"
+    if version != FORMAT_VERSION:
+        raise SnapshotVersionError(
+            f"{path}: snapshot format version {version}; this beaverq reads {FORMAT_VERSION}"
+        )
+    stored = data[HEADER.size :]
+    if len(stored) != length:
+        return f"body of {len(stored)} bytes, header says {length}"
+    if crc32c.crc32c(stored) != body_crc:
+        return "body CRC mismatch"
+    if code not in COMPRESSIONS.values():
+        return f"unknown compression {code}"
+    body = zlib.decompress(stored) if code == 1 else stored
+    return LoadedSnapshot(path, lsn, chain, schema, body)
+
+
+def write_snapshot(fs: FileSystem, directory: str, lsn: int, data: bytes) -> str:
+    """Write ``data`` (an encoded snapshot) durably under its final name; return the path."""
+    final = posixpath.join(directory, snapshot_name(lsn))
+    temporary = final + ".tmp"
+    if fs.exists(temporary):
+        fs.unlink(temporary)
+    fs.create(temporary)
+    fs.append(temporary, data)
+    fs.fsync(temporary)
+    fs.rename(temporary, final)
+    fs.fsync_dir(directory)
+    return final
+
+
+def remove_temporary_files(fs: FileSystem, directory: str) -> list[str]:
+    """Delete ``*.snap.tmp`` left by a crash mid-write (never renamed, so never valid)."""
+    removed = []
+    for name in fs.list_dir(directory):
+        if name.startswith("snapshot-") and name.endswith(".snap.tmp"):
+            fs.unlink(posixpath.join(directory, name))
+            removed.append(name)
+    if removed:
+        fs.fsync_dir(directory)
+    return removed

@@ -1,0 +1,262 @@
+"""Durable storage of the queue: recovery at open, the WAL for every event, snapshots.
+
+``Storage.open`` takes the data directory's lock and recovers:
+
+1. delete snapshot temp files a crash left behind (never renamed, never valid);
+2. load the newest snapshot that verifies; a damaged one is skipped (reported),
+   and the next older one is used with the longer WAL tail behind it;
+3. read the WAL after the snapshot's LSN (wal_reader.py): corruption stops
+   recovery with the file and byte offset; a torn tail is cut, after its bytes
+   are saved next to the segment as ``<segment>.cut-<offset>``;
+4. replay the records with ``evolve`` (the LSN guard skips what the snapshot has);
+5. continue in a fresh segment, so no byte of an old segment is ever rewritten.
+
+After that, ``append`` frames events, ``flush`` makes them durable (only then may
+anything be acknowledged), and ``take_snapshot`` writes a snapshot, rotates the
+WAL and deletes what the two newest snapshots make redundant.
+
+No lifecycle decision is made here: the state changes only through ``evolve`` of
+events that ``decide`` produced.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Iterable
+from itertools import pairwise
+
+import attrs
+
+from beaverq.model import Event, State, evolve, initial_state
+from beaverq.model.checkpoint import checkpoint_of, restore
+
+from .codec import (
+    SCHEMA_VERSION,
+    CodecError,
+    decode_checkpoint,
+    decode_event,
+    encode_checkpoint,
+    encode_event,
+)
+from .fs import FileSystem, StorageError
+from .snapshot import (
+    decode_snapshot,
+    encode_snapshot,
+    list_snapshots,
+    remove_temporary_files,
+    write_snapshot,
+)
+from .wal import SEGMENT_BYTES_MAX_DEFAULT, WalWriter
+from .wal_reader import TornTail, WalContents, list_segments, read_wal
+
+LOCK_NAME = "LOCK"
+SNAPSHOTS_KEPT = 2
+
+
+@attrs.frozen
+class StorageOptions:
+    segment_bytes_max: int = SEGMENT_BYTES_MAX_DEFAULT
+    snapshot_compression: str = "none"
+
+
+@attrs.frozen
+class RecoveryReport:
+    snapshot_path: str | None
+    snapshot_lsn: int
+    snapshots_skipped: tuple[tuple[str, str], ...]  # (path, what was wrong)
+    records_replayed: int
+    last_lsn: int
+    torn_tail: TornTail | None
+    bytes_truncated: int
+    cut_copy_path: str | None
+    temporary_files_removed: tuple[str, ...]
+
+
+class Storage:
+    def __init__(self, fs: FileSystem, directory: str, writer: WalWriter, options: StorageOptions):
+        self._fs = fs
+        self._directory = directory
+        self._writer = writer
+        self._options = options
+
+    # -- opening ------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls, fs: FileSystem, directory: str, options: StorageOptions | None = None
+    ) -> tuple[Storage, State, RecoveryReport]:
+        options = options or StorageOptions()
+        if not fs.exists(directory):
+            fs.mkdir(directory)
+            parent = posixpath.dirname(directory.rstrip("/")) or "."
+            fs.fsync_dir(parent)
+        lock = posixpath.join(directory, LOCK_NAME)
+        fs.lock(lock)
+        try:
+            state, contents, report = _recover(fs, directory)
+            last = contents.segments[-1].index if contents.segments else -1
+            writer = WalWriter(
+                fs,
+                directory,
+                schema_version=SCHEMA_VERSION,
+                next_index=last + 1,
+                last_lsn=state.last_lsn,
+                chain_crc=contents.chain_crc,
+                event_chain_crc=contents.event_chain_crc,
+                segment_bytes_max=options.segment_bytes_max,
+            )
+        except BaseException:
+            fs.unlock(lock)
+            raise
+        return cls(fs, directory, writer, options), state, report
+
+    # -- the WAL ------------------------------------------------------------------------
+
+    def append(self, events: Iterable[Event]) -> None:
+        """Frame events into the current batch (not durable until ``flush``)."""
+        for event in events:
+            self._writer.append(event.lsn, encode_event(event))
+
+    def flush(self) -> int:
+        """Make every appended event durable; return the durable LSN."""
+        durable = self._writer.flush()
+        self._writer.rotate_if_full()
+        return durable
+
+    @property
+    def durable_lsn(self) -> int:
+        return self._writer.durable_lsn
+
+    @property
+    def appended_lsn(self) -> int:
+        return self._writer.appended_lsn
+
+    @property
+    def batch_bytes(self) -> int:
+        return self._writer.batch_bytes
+
+    # -- snapshots ----------------------------------------------------------------------
+
+    def take_snapshot(self, state: State) -> str:
+        """Snapshot ``state``, rotate the WAL, delete what is now redundant.
+
+        ``state`` must be exactly the durable log: a snapshot ahead of the log
+        would survive a crash that the log's tail does not.
+        """
+        self.flush()
+        assert state.last_lsn == self._writer.durable_lsn, (state.last_lsn, self.durable_lsn)
+        body = encode_checkpoint(checkpoint_of(state))
+        data = encode_snapshot(
+            state.last_lsn,
+            self._writer.durable_event_chain_crc,
+            SCHEMA_VERSION,
+            body,
+            self._options.snapshot_compression,
+        )
+        path = write_snapshot(self._fs, self._directory, state.last_lsn, data)
+        self._writer.rotate()
+        self._compact()
+        return path
+
+    def _compact(self) -> None:
+        """Delete snapshots beyond the newest two, and segments the older one covers.
+
+        Runs only after the new snapshot is durable (write_snapshot fsynced the
+        directory).  The older kept snapshot still has every segment after it, so
+        if the newest turns out damaged, recovery falls back to it.
+        """
+        snapshots = list_snapshots(self._fs, self._directory)
+        for stale in snapshots[SNAPSHOTS_KEPT:]:
+            self._fs.unlink(stale.path)
+        kept = snapshots[:SNAPSHOTS_KEPT]
+        if len(kept) < SNAPSHOTS_KEPT:
+            return
+        oldest_kept_lsn = kept[-1].lsn
+        segments = list_segments(self._fs, self._directory)
+        # A sealed segment's last LSN is the next segment's base LSN.
+        for (_index, _base, path), (_next_index, next_base, _next_path) in pairwise(segments):
+            if next_base <= oldest_kept_lsn:
+                self._fs.unlink(path)
+        self._fs.fsync_dir(self._directory)
+
+    def close(self) -> None:
+        try:
+            self._writer.close()
+        finally:
+            self._fs.unlock(posixpath.join(self._directory, LOCK_NAME))
+
+
+def _recover(fs: FileSystem, directory: str) -> tuple[State, WalContents, RecoveryReport]:
+    removed = remove_temporary_files(fs, directory)
+    skipped: list[tuple[str, str]] = []
+    state, snapshot_path, chain_crc = initial_state(), None, 0
+    for candidate in list_snapshots(fs, directory):
+        loaded = decode_snapshot(fs.read(candidate.path), candidate.path)
+        if isinstance(loaded, str):
+            skipped.append((candidate.path, loaded))
+            continue
+        if loaded.schema_version != SCHEMA_VERSION:
+            raise StorageError(
+                f"{candidate.path}: schema version {loaded.schema_version}; "
+                f"this beaverq reads {SCHEMA_VERSION}"
+            )
+        try:
+            checkpoint = decode_checkpoint(loaded.body)
+        except CodecError as error:
+            skipped.append((candidate.path, str(error)))
+            continue
+        if checkpoint.last_lsn != loaded.lsn:
+            skipped.append((candidate.path, "header LSN differs from the body's"))
+            continue
+        state, snapshot_path, chain_crc = restore(checkpoint), candidate.path, loaded.chain_crc
+        break
+    contents = read_wal(fs, directory, after_lsn=state.last_lsn, after_chain_crc=chain_crc)
+    if contents.schema_version not in (None, SCHEMA_VERSION):
+        raise StorageError(
+            f"{directory}: WAL schema version {contents.schema_version}; "
+            f"this beaverq reads {SCHEMA_VERSION}"
+        )
+    snapshot_lsn = state.last_lsn
+    for record in contents.records:
+        try:
+            event = decode_event(record.payload)
+        except CodecError as error:
+            raise StorageError(f"{directory}: record at LSN {record.lsn}: {error}") from None
+        # Paired with the framing: the LSN in the frame is the LSN in the event.
+        assert event.lsn == record.lsn, (event.lsn, record.lsn)
+        state = evolve(state, event)
+    assert state.last_lsn == contents.last_lsn, (state.last_lsn, contents.last_lsn)
+    cut_copy = _cut_torn_tail(fs, directory, contents.torn_tail)
+    torn = contents.torn_tail
+    report = RecoveryReport(
+        snapshot_path=snapshot_path,
+        snapshot_lsn=snapshot_lsn,
+        snapshots_skipped=tuple(skipped),
+        records_replayed=len(contents.records),
+        last_lsn=state.last_lsn,
+        torn_tail=torn,
+        bytes_truncated=0 if torn is None else torn.size - torn.offset,
+        cut_copy_path=cut_copy,
+        temporary_files_removed=tuple(removed),
+    )
+    return state, contents, report
+
+
+def _cut_torn_tail(fs: FileSystem, directory: str, torn: TornTail | None) -> str | None:
+    """Save the torn bytes beside the segment, then cut them off (or drop the file)."""
+    if torn is None:
+        return None
+    data = fs.read(torn.path)
+    copy = f"{torn.path}.cut-{torn.offset}"
+    if fs.exists(copy):
+        fs.unlink(copy)
+    fs.create(copy)
+    fs.append(copy, data[torn.offset :])
+    fs.fsync(copy)
+    if torn.offset == 0:
+        fs.unlink(torn.path)
+    else:
+        fs.truncate(torn.path, torn.offset)
+        fs.fsync(torn.path)
+    fs.fsync_dir(directory)
+    return copy
