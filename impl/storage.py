@@ -46,7 +46,7 @@ from .snapshot import (
     remove_temporary_files,
     write_snapshot,
 )
-from .wal import SEGMENT_BYTES_MAX_DEFAULT, WalWriter
+from .wal import SEGMENT_BYTES_MAX_DEFAULT, Batch, WalWriter
 from .wal_reader import TornTail, WalContents, list_segments, read_wal
 
 LOCK_NAME = "LOCK"
@@ -119,9 +119,25 @@ class Storage:
 
     def flush(self) -> int:
         """Make every appended event durable; return the durable LSN."""
-        durable = self._writer.flush()
-        self._writer.rotate_if_full()
-        return durable
+        return self._writer.flush()
+
+    # The three steps of ``flush``, for a group-commit thread (see wal.py, "Threads").
+    def take_batch(self) -> Batch | None:
+        return self._writer.take_batch()
+
+    def write_batch(self, batch: Batch) -> None:
+        self._writer.write_batch(batch)
+
+    def complete_batch(self, batch: Batch) -> None:
+        self._writer.complete_batch(batch)
+
+    @property
+    def pending_events(self) -> int:
+        return self._writer.pending_events
+
+    @property
+    def failed(self) -> bool:
+        return self._writer.failed
 
     @property
     def durable_lsn(self) -> int:
@@ -130,10 +146,6 @@ class Storage:
     @property
     def appended_lsn(self) -> int:
         return self._writer.appended_lsn
-
-    @property
-    def batch_bytes(self) -> int:
-        return self._writer.batch_bytes
 
     # -- snapshots ----------------------------------------------------------------------
 
@@ -155,6 +167,7 @@ class Storage:
         )
         path = write_snapshot(self._fs, self._directory, state.last_lsn, data)
         self._writer.rotate()
+        self._writer.flush()
         self._compact()
         return path
 

@@ -2,26 +2,35 @@
 
 Protocol (docs/storage.md has the argument for each step):
 
-1. ``append(lsn, payload)`` frames an event into an in-memory batch.  Nothing is on
+1. ``append(lsn, payload)`` frames an event into the pending batch.  Nothing is on
    disk yet and nothing may be acknowledged.
-2. ``flush()`` writes the batch at the end of the current segment and fsyncs the
-   file.  Only when the fsync returns are the batch's events durable, and only then
-   may their producers be answered (group commit: one fsync covers the batch).
+2. ``take_batch()`` hands the pending frames over as a ``Batch``; ``write_batch``
+   writes it at the end of the current segment and fsyncs; ``complete_batch``
+   then publishes the new durable LSN.  Only then may the batch's producers be
+   answered (group commit: one fsync covers the whole batch).  ``flush`` does the
+   three in a row for single-threaded callers.
 3. A failed write or fsync fails the whole batch and the WAL for good: after a
    failed fsync the kernel may have dropped the dirty pages and marked them clean,
    so retrying and trusting a later fsync could acknowledge lost data.  Every later
    call raises ``WalFailed``; the process must restart and recover from disk.
-4. ``rotate()`` seals the segment and starts the next: create, write the header
-   frame, fsync the file, then fsync the directory so the new name is durable
-   before any event in it is acknowledged.
+4. Rotation happens inside the frame stream: when a segment is full, the next
+   frame is the header of a new segment, and the batch records that a new file
+   starts there.  ``write_batch`` fsyncs the old file before it creates the new one
+   (so a sealed segment is always complete), and fsyncs the directory before the
+   batch counts as durable (so the new name survives a crash).
 
-The writer is single-threaded; ``GroupCommit`` (group_commit.py) adds the
-"flush after N events or T ms" policy and the waiting producers.
+Threads: the framing side (``append``, ``rotate``, ``take_batch``,
+``complete_batch``) must be called under one lock, in LSN order; ``write_batch``
+does the I/O and is called by one thread at a time, without that lock, so
+producers keep framing the next batch while this one is being fsynced
+(group_commit.py).
 """
 
 from __future__ import annotations
 
 import posixpath
+
+import attrs
 
 from .fs import FileSystem, StorageError
 from .record import RecordKind, encode_frame
@@ -32,6 +41,21 @@ SEGMENT_BYTES_MAX_DEFAULT = 64 * 1024 * 1024
 
 class WalFailed(StorageError):
     """A write or fsync failed; the WAL refuses all further work."""
+
+
+@attrs.frozen
+class Chunk:
+    path: str
+    data: bytes
+    creates: bool  # the chunk starts a new segment file
+
+
+@attrs.frozen
+class Batch:
+    chunks: tuple[Chunk, ...]
+    last_lsn: int  # durable once the batch is written
+    event_chain_crc: int
+    events: int
 
 
 class WalWriter:
@@ -52,102 +76,138 @@ class WalWriter:
         self._directory = directory
         self._schema_version = schema_version
         self._segment_bytes_max = segment_bytes_max
-        self._batch = bytearray()
+        self._chunks: list[Chunk] = []
+        self._pending = bytearray()
+        self._pending_creates = False
+        self._pending_events = 0
         self._failure: BaseException | None = None
         self.appended_lsn = last_lsn  # last LSN framed (maybe not durable)
         self.durable_lsn = last_lsn  # last LSN covered by a completed fsync
-        self.chain_crc = chain_crc  # chain value after the last framed record
+        self.chain_crc = chain_crc  # chain value after the last framed frame
         # The chain value right after the last durable *event* frame: what a snapshot
         # at ``durable_lsn`` records (segment headers after it do not count).
         self.durable_event_chain_crc = event_chain_crc
         self._event_chain_crc = event_chain_crc
         self.segment_index = next_index - 1
         self.segment_path = ""
-        self.segment_bytes = 0
-        self._start_segment(next_index)
+        self._segment_framed_bytes = 0
+        self._frame_segment_header(next_index)
+        self.flush()
 
-    # -- appending --------------------------------------------------------------------
+    # -- framing side -------------------------------------------------------------------
 
     def append(self, lsn: int, payload: bytes) -> None:
         self._check_usable()
         # Events arrive in LSN order without gaps (decide numbers them so).
         assert lsn == self.appended_lsn + 1, (lsn, self.appended_lsn)
+        if self._segment_framed_bytes >= self._segment_bytes_max:
+            self._frame_segment_header(self.segment_index + 1)
         frame, self.chain_crc = encode_frame(
             RecordKind.EVENT, lsn, self.durable_lsn, payload, self.chain_crc
         )
-        self._batch += frame
+        self._pending += frame
+        self._pending_events += 1
+        self._segment_framed_bytes += len(frame)
         self.appended_lsn = lsn
         self._event_chain_crc = self.chain_crc
 
+    def rotate(self) -> None:
+        """Start a new segment at this point of the stream (durable at the next flush)."""
+        self._check_usable()
+        self._frame_segment_header(self.segment_index + 1)
+
     @property
-    def batch_bytes(self) -> int:
-        return len(self._batch)
+    def pending_events(self) -> int:
+        return self._pending_events
+
+    def take_batch(self) -> Batch | None:
+        self._check_usable()
+        self._close_chunk()
+        if not self._chunks:
+            return None
+        batch = Batch(
+            tuple(self._chunks), self.appended_lsn, self._event_chain_crc, self._pending_events
+        )
+        self._chunks = []
+        self._pending_events = 0
+        return batch
+
+    def complete_batch(self, batch: Batch) -> None:
+        assert batch.last_lsn >= self.durable_lsn
+        self.durable_lsn = batch.last_lsn
+        self.durable_event_chain_crc = batch.event_chain_crc
+
+    # -- I/O side -----------------------------------------------------------------------
+
+    def write_batch(self, batch: Batch) -> None:
+        """Write and fsync ``batch``.  Raises ``WalFailed``, after which nothing works."""
+        self._check_usable()
+        current: str | None = None
+        created = False
+        try:
+            for chunk in batch.chunks:
+                if chunk.creates:
+                    if current is not None:
+                        # Seal the old segment before the new one can exist.
+                        self._fs.fsync(current)
+                    self._fs.create(chunk.path)
+                    created = True
+                current = chunk.path
+                self._fs.append(chunk.path, chunk.data)
+            assert current is not None
+            self._fs.fsync(current)
+            if created:
+                # The new name must be durable before any event in it is acknowledged.
+                self._fs.fsync_dir(self._directory)
+        except OSError as error:
+            failure = WalFailed(f"{current}: write or fsync failed: {error}")
+            self._failure = failure
+            raise failure from error
 
     def flush(self) -> int:
-        """Write and fsync the batch; return the durable LSN.  Raises ``WalFailed``."""
-        self._check_usable()
-        if not self._batch:
-            return self.durable_lsn
-        try:
-            self._fs.append(self.segment_path, bytes(self._batch))
-            self._fs.fsync(self.segment_path)
-        except OSError as error:
-            self._fail(error, f"{self.segment_path}: write or fsync failed: {error}")
-        self.segment_bytes += len(self._batch)
-        self._batch.clear()
-        self.durable_lsn = self.appended_lsn
-        self.durable_event_chain_crc = self._event_chain_crc
+        """Write and fsync everything framed; return the durable LSN."""
+        batch = self.take_batch()
+        if batch is not None:
+            self.write_batch(batch)
+            self.complete_batch(batch)
         return self.durable_lsn
 
-    def rotate(self) -> None:
-        """Seal the current segment and continue in a new one (flushes first)."""
-        self.flush()
-        self._start_segment(self.segment_index + 1)
-
-    def rotate_if_full(self) -> bool:
-        if self.segment_bytes < self._segment_bytes_max:
-            return False
-        self.rotate()
-        return True
-
     def close(self) -> None:
-        """Flush what is batched; the writer is unusable afterwards."""
+        """Flush what is framed; the writer is unusable afterwards."""
         if self._failure is None:
             self.flush()
             self._failure = WalFailed("the WAL is closed")
 
-    # -- internals --------------------------------------------------------------------
+    @property
+    def failed(self) -> bool:
+        return self._failure is not None
 
-    def _start_segment(self, index: int) -> None:
-        assert not self._batch, "a segment starts with an empty batch"
+    # -- internals ----------------------------------------------------------------------
+
+    def _close_chunk(self) -> None:
+        if self._pending or self._pending_creates:
+            self._chunks.append(
+                Chunk(self.segment_path, bytes(self._pending), self._pending_creates)
+            )
+            self._pending = bytearray()
+            self._pending_creates = False
+
+    def _frame_segment_header(self, index: int) -> None:
+        self._close_chunk()
         header = SegmentHeader(self._schema_version, index, self.appended_lsn, self.chain_crc)
-        frame, chain_crc = encode_frame(
+        frame, self.chain_crc = encode_frame(
             RecordKind.SEGMENT_HEADER,
             self.appended_lsn,
             self.durable_lsn,
             encode_segment_header(header),
             self.chain_crc,
         )
-        path = posixpath.join(self._directory, segment_name(index, self.appended_lsn))
-        try:
-            self._fs.create(path)
-            self._fs.append(path, frame)
-            self._fs.fsync(path)
-            # The name must be durable before any event in this file is acknowledged.
-            self._fs.fsync_dir(self._directory)
-        except OSError as error:
-            self._fail(error, f"{path}: cannot start a WAL segment: {error}")
         self.segment_index = index
-        self.segment_path = path
-        self.segment_bytes = len(frame)
-        self.chain_crc = chain_crc
+        self.segment_path = posixpath.join(self._directory, segment_name(index, self.appended_lsn))
+        self._pending += frame
+        self._pending_creates = True
+        self._segment_framed_bytes = len(frame)
 
     def _check_usable(self) -> None:
         if self._failure is not None:
-            raise WalFailed(f"the WAL refuses writes after an earlier failure: {self._failure}")
-
-    def _fail(self, error: OSError, message: str) -> None:
-        self._batch.clear()
-        failure = WalFailed(message)
-        self._failure = failure
-        raise failure from error
+            raise WalFailed(f"the WAL refuses work after an earlier failure: {self._failure}")
