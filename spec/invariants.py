@@ -48,11 +48,12 @@ MESSAGES_PER_INVARIANT_MAX = 10
 def each_job_in_exactly_one_index(state: State) -> list[str]:
     """PENDING <-> in its ready FIFO at its slot; DELAYED <-> one live timer entry;
     IN_FLIGHT <-> in ``in_flight`` with its lease expiry; finished <-> in the
-    finished FIFO at its slot.  Checked from the jobs' side and from each index's."""
+    finished FIFO at its slot.  Checked from the jobs' side and from each index's
+    (a live timer entry names a DELAYED job by definition, ``state.timer_is_live``,
+    so the timers need no second side; stale entries are allowed, model/timers.py)."""
     return [
         *_job_side_problems(state),
         *_ready_side_problems(state),
-        *_timer_side_problems(state),
         *_in_flight_side_problems(state),
         *_finished_side_problems(state),
     ]
@@ -106,25 +107,6 @@ def _ready_side_problems(state: State) -> list[str]:
     return found
 
 
-def _timer_side_problems(state: State) -> list[str]:
-    """A live timer entry is by definition one whose job is DELAYED and matches it
-    (``state.timer_is_live``); so here: no job has two of them.  Stale entries are
-    allowed, they are dropped lazily (model/timers.py)."""
-    counts = Counter(entry[2] for entry in _live_timer_entries(state))
-    return [f"job {job_id!r} has {n} live timer entries" for job_id, n in counts.items() if n > 1]
-
-
-def timers_top_is_live(state: State) -> list[str]:
-    """The earliest timer entry, if any, is live.  Stale entries are dropped when
-    they reach the top (``state.timers_drop_stale`` runs whenever a job leaves
-    DELAYED, the only way an entry turns stale), so stale garbage never sits in
-    front of due work and the heap does not keep entries past their time."""
-    top = timers_peek(state.timers)
-    if top is None or timer_is_live(state.jobs, top):
-        return []
-    return [f"the top timer entry {top} is stale"]
-
-
 def _in_flight_side_problems(state: State) -> list[str]:
     found: list[str] = []
     for job_id in state.in_flight:
@@ -151,6 +133,17 @@ def _live_timer_entries(state: State) -> list[tuple[int, int, str]]:
 
 def _status_text(job: Job | None) -> str:
     return "absent" if job is None else job.status.value
+
+
+def timers_top_is_live(state: State) -> list[str]:
+    """The earliest timer entry, if any, is live.  Stale entries are dropped when
+    they reach the top (``state.timers_drop_stale`` runs whenever a job leaves
+    DELAYED, the only way an entry turns stale), so the entry ``Tick`` looks at
+    first is due work, not garbage."""
+    top = timers_peek(state.timers)
+    if top is None or timer_is_live(state.jobs, top):
+        return []
+    return [f"the top timer entry {top} is stale"]
 
 
 def jobs_keyed_by_their_id(state: State) -> list[str]:
