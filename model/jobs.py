@@ -4,7 +4,8 @@ The split keeps the hot path cheap and the meaning clear: a ``JobSpec`` is fixed
 at enqueue and shared, unchanged, by every later version of the job; only the
 small ``Job`` record around it is rebuilt by each event.
 
-The records rebuilt on every event (``Job``, ``AttemptRecord``, and in state.py
+The records rebuilt on every event or read in bulk from a snapshot (``JobSpec``,
+``Job``, ``AttemptRecord``, and in state.py
 ``State``, ``Counts``, ``Fifo``) are frozen attrs classes *without* slots: attrs
 builds a frozen slotted instance with one ``object.__setattr__`` call per field,
 a frozen dict-backed one with plain dict stores, and the second measured about
@@ -18,7 +19,7 @@ import attrs
 from .lifecycle import JobStatus
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, slots=False)
 class JobSpec:
     job_id: str
     queue: str
