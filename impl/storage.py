@@ -21,8 +21,10 @@ events that ``decide`` produced.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import posixpath
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from itertools import pairwise
 
 import attrs
@@ -51,6 +53,10 @@ from .wal_reader import TornTail, WalContents, list_segments, read_wal
 
 LOCK_NAME = "LOCK"
 SNAPSHOTS_KEPT = 2
+#: The default snapshot policy takes a snapshot at least every this many events, so
+#: recovery never replays a longer WAL tail than this (the runner also snapshots on
+#: a timer, every 2 s as in the original design).
+SNAPSHOT_EVERY_EVENTS_DEFAULT = 20_000
 
 
 @attrs.frozen
@@ -93,7 +99,8 @@ class Storage:
         lock = posixpath.join(directory, LOCK_NAME)
         fs.lock(lock)
         try:
-            state, contents, report = _recover(fs, directory)
+            with _collector_paused():
+                state, contents, report = _recover(fs, directory)
             last = contents.segments[-1].index if contents.segments else -1
             writer = WalWriter(
                 fs,
@@ -197,6 +204,21 @@ class Storage:
             self._writer.close()
         finally:
             self._fs.unlock(posixpath.join(self._directory, LOCK_NAME))
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while recovery allocates millions of
+    objects that all stay alive: each collection would scan them all again, for
+    nothing (measured: most of the recovery time of a 100,000-job snapshot).
+    Recovery creates no reference cycles, so nothing is leaked meanwhile."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _recover(fs: FileSystem, directory: str) -> tuple[State, WalContents, RecoveryReport]:
