@@ -94,7 +94,7 @@ _converter.register_structure_hook(Job, _job_from_row)
 
 
 def encode_event(event: Event) -> bytes:
-    encoded: bytes = _converter.dumps(event, Event)  # type: ignore[arg-type]
+    encoded: bytes = _converter.dumps(event, Event)
     return encoded
 
 

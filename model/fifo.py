@@ -3,9 +3,10 @@
 Items live in an ``immutables.Map`` from a dense slot number to a job id, so a
 push, a removal anywhere, and a peek at the front each cost O(1) map operations
 (O(log32 n) in the HAMT, flat in practice) and share structure with the previous
-version.  Removal from the middle (a cancelled job) leaves a hole; ``head`` is a
-hint that every slot below it is empty, and ``first`` steps over holes.  Each hole
-is stepped over at most once along one history, so the cost is amortised O(1).
+version.  Removal from the middle (a cancelled job) leaves a hole.  Every slot
+below ``head`` is empty, and when the item at the head is removed the head moves
+on past any holes to the next live item, so ``first`` is O(1).  Each hole is
+stepped over once along one history, so removal is amortised O(1).
 """
 
 from __future__ import annotations
@@ -39,7 +40,14 @@ def fifo_remove(fifo: Fifo, slot: int) -> Fifo:
     items = fifo.items.delete(slot)
     if not items:
         return EMPTY_FIFO
-    head = slot + 1 if slot == fifo.head else fifo.head
+    head = fifo.head
+    if slot == head:
+        # Step over the holes that earlier removals left behind the old head, so
+        # the head points at a live item again and ``fifo_first`` costs O(1).
+        head = slot + 1
+        while head not in items:
+            head += 1
+            assert head < fifo.tail, "a non-empty FIFO has an item before its tail"
     return Fifo(head, fifo.tail, items)
 
 
