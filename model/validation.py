@@ -25,6 +25,15 @@ def _utf8_len(text: str) -> int:
     return len(text.encode("utf-8", "surrogatepass"))
 
 
+def is_valid_unicode(text: str) -> bool:
+    """Whether ``text`` can be stored: no lone surrogates (they have no UTF-8 form)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _has_space_or_control(text: str) -> bool:
     return any(ch.isspace() or not ch.isprintable() for ch in text)
 
@@ -48,6 +57,8 @@ def check_token(name: str, value: str, bytes_max: int, limit_name: str) -> Probl
     """A non-empty identifier without white space or control characters."""
     if not isinstance(value, str) or not value:
         return (f"{name}_invalid", f"{name} must be a non-empty string")
+    if not is_valid_unicode(value):
+        return (f"{name}_invalid", f"{name} contains lone surrogates, which have no UTF-8 form")
     if _utf8_len(value) > bytes_max:
         return (f"{name}_too_long", f"{name} is longer than {bytes_max} bytes ({limit_name})")
     if _has_space_or_control(value):
@@ -76,6 +87,8 @@ def _refuse_constant(name: str) -> object:
 def check_json(name: str, text: str, bytes_max: int, limit_name: str) -> Problem | None:
     if not isinstance(text, str):
         return (f"{name}_invalid", f"{name} must be JSON text")
+    if not is_valid_unicode(text):
+        return (f"{name}_invalid", f"{name} contains lone surrogates, which have no UTF-8 form")
     if _utf8_len(text) > bytes_max:
         return (f"{name}_too_large", f"{name} is larger than {bytes_max} bytes ({limit_name})")
     try:
@@ -86,8 +99,9 @@ def check_json(name: str, text: str, bytes_max: int, limit_name: str) -> Problem
 
 
 def truncate_utf8(text: str, bytes_max: int) -> str:
-    """``text`` cut to at most ``bytes_max`` UTF-8 bytes, never inside a character."""
-    encoded = text.encode("utf-8", "surrogatepass")
+    """``text`` made storable: lone surrogates replaced by U+FFFD, then cut to at most
+    ``bytes_max`` UTF-8 bytes, never inside a character."""
+    encoded = text.encode("utf-8", "replace")
     if len(encoded) <= bytes_max:
-        return text
+        return encoded.decode("utf-8")
     return encoded[:bytes_max].decode("utf-8", "ignore")
