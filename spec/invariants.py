@@ -317,23 +317,27 @@ def idempotency_keys_consistent(state: State) -> list[str]:
 
 def ready_fifos_nonempty_and_heads_valid(state: State) -> list[str]:
     """No empty FIFO is kept in ``ready`` (``next_ready_job`` relies on it), and in
-    every FIFO, the finished one included, each item lies in ``[head, tail)``:
-    ``fifo_first`` starts at ``head`` and would skip an item below it."""
+    every FIFO, the finished one included, each item lies in ``[head, tail)`` and a
+    non-empty FIFO's head slot holds an item: ``fifo_first`` starts at ``head``,
+    so an item below it would be skipped, and a hole at it would cost a walk."""
     found: list[str] = []
     for key, fifo in state.ready.items():
         if not fifo.items:
             found.append(f"ready[{key}] is an empty FIFO")
-        found.extend(f"ready[{key}]: {problem}" for problem in _fifo_bound_problems(fifo))
-    found.extend(f"finished: {problem}" for problem in _fifo_bound_problems(state.finished))
+        found.extend(f"ready[{key}]: {problem}" for problem in _fifo_problems(fifo))
+    found.extend(f"finished: {problem}" for problem in _fifo_problems(state.finished))
     return found
 
 
-def _fifo_bound_problems(fifo: Fifo) -> list[str]:
-    return [
+def _fifo_problems(fifo: Fifo) -> list[str]:
+    found = [
         f"slot {slot} ({job_id!r}) is outside [head={fifo.head}, tail={fifo.tail})"
         for slot, job_id in fifo.items.items()
         if not fifo.head <= slot < fifo.tail
     ]
+    if fifo.items and fifo.head not in fifo.items:
+        found.append(f"the head slot {fifo.head} is a hole")
+    return found
 
 
 def limits_respected(state: State) -> list[str]:
