@@ -143,5 +143,9 @@ def find_valid_frames_after(data: bytes, offset: int) -> list[Record]:
             decoded = decode_frame(data, start, None)
             if isinstance(decoded, Record):
                 found.append(decoded)
+                # Skip the frame's body: bytes inside a valid frame's payload are
+                # user data (an error message, say), never a frame of their own.
+                position = data.find(needle, start + decoded.size)
+                continue
         position = data.find(needle, position + 1)
     return found

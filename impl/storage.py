@@ -193,9 +193,12 @@ class Storage:
             return
         oldest_kept_lsn = kept[-1].lsn
         segments = list_segments(self._fs, self._directory)
-        # A sealed segment's last LSN is the next segment's base LSN.
+        # A sealed segment's last LSN is the next segment's base LSN.  Only segments
+        # that end *before* the older snapshot go: the one holding its last event
+        # stays, so the reader can check the chain at exactly the snapshot's LSN
+        # (tests/test_snapshot.py, fallback right after open).
         for (_index, _base, path), (_next_index, next_base, _next_path) in pairwise(segments):
-            if next_base <= oldest_kept_lsn:
+            if next_base < oldest_kept_lsn:
                 self._fs.unlink(path)
         self._fs.fsync_dir(self._directory)
 

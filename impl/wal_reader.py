@@ -94,10 +94,12 @@ def read_wal(
         reader.read_segment(fs.read(path), path, index, base_lsn, position == len(files) - 1)
         if reader.torn_tail is not None:
             break
-    if reader.last_lsn < after_lsn:
+    if reader.highest_lsn < after_lsn:
+        # The snapshot is ahead of the log: events it includes were never durable in
+        # the log, or segments holding them were deleted.
         where = files[-1][2] if files else directory
         raise WalCorrupt(
-            where, 0, f"the log ends at LSN {reader.last_lsn}, before the snapshot's {after_lsn}"
+            where, 0, f"the log ends at LSN {reader.highest_lsn}, before the snapshot's {after_lsn}"
         )
     return WalContents(
         tuple(reader.records),
@@ -123,6 +125,7 @@ class _Reader:
         self.last_lsn = after_lsn
         self.chain = after_chain_crc
         self.event_chain = after_chain_crc
+        self.highest_lsn = 0  # the highest LSN any segment reaches, snapshot or not
 
     def read_segment(
         self, data: bytes, path: str, index: int, base_lsn: int, is_last: bool
@@ -172,6 +175,7 @@ class _Reader:
                 self.records.append(decoded)
                 self.event_chain = chain
         self.segments.append(Segment(path, index, base_lsn, lsn, chain))
+        self.highest_lsn = max(self.highest_lsn, lsn)
         if lsn >= self.after_lsn:
             self.last_lsn, self.chain = lsn, chain
 
@@ -181,7 +185,9 @@ class _Reader:
         if not is_last:
             raise WalCorrupt(path, offset, f"{problem} (in a sealed segment)")
         for evidence in find_valid_frames_after(data, offset):
-            if evidence.synced_lsn > lsn:
+            # Evidence must look like a later frame of this log: a later LSN, and a
+            # durable LSN below its own (the writer frames with synced_lsn < lsn).
+            if evidence.lsn > lsn and lsn < evidence.synced_lsn < evidence.lsn:
                 raise WalCorrupt(
                     path,
                     offset,

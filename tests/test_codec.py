@@ -33,6 +33,10 @@ from beaverq.model import (
     JobSpec,
     Lease,
     QueuePaused,
+    Rejected,
+    decide,
+    evolve,
+    initial_state,
 )
 from beaverq.model.checkpoint import checkpoint_of, restore
 
@@ -146,19 +150,31 @@ def test_every_event_decide_accepts_can_be_logged(text_field, commands):
     A command the model accepts is appended to the WAL before it takes effect; if
     its event cannot be encoded, the queue has accepted work it cannot log.
     Python strings may hold lone surrogates (they arrive from ``surrogateescape``
-    decoding of bytes, e.g. an exception message about a file name), and the model
-    accepts them in JSON texts and error messages (it measures them with
-    ``surrogatepass``).
+    decoding of bytes, e.g. an exception message about a file name), which have
+    no UTF-8 form.  The model refuses them in JSON texts (rule ``*_invalid``, the
+    caller sees what is wrong) and replaces them with U+FFFD in error messages
+    (refusing a failure report would lose the failure itself).
 
-    Method: run commands carrying a lone surrogate in the field; assert the model
-    accepted them (the last event carries the text) and that the event round-trips.
+    Method: run commands carrying a lone surrogate in the field; JSON fields must be
+    refused naming the field, an error must be accepted with the surrogate
+    replaced; every accepted event must round-trip through the codec.
     """
-    events, _states = run(commands)
-    assert len(events) == len(commands), "the model refused the command"
-    last = events[-1]
-    text = last.spec.args_json if text_field == "args_json" else getattr(last, text_field)
-    assert any(0xD800 <= ord(char) <= 0xDFFF for char in text)
-    assert decode_event(encode_event(last)) == last
+    if text_field == "error":
+        events, _states = run(commands)
+        assert len(events) == len(commands), "the model refused the failure report"
+        last = events[-1]
+        assert "\ufffd" in last.error
+        assert not any(0xD800 <= ord(char) <= 0xDFFF for char in last.error)
+        assert decode_event(encode_event(last)) == last
+        return
+    with pytest.raises(Rejected) as refused:
+        state = initial_state()
+        for command in commands:
+            for event in decide(state, command):
+                assert decode_event(encode_event(event)) == event
+                state = evolve(state, event)
+    assert refused.value.rejection.rule == f"{text_field}_invalid"
+    assert "surrogate" in refused.value.rejection.detail
 
 
 def _valid_encoding() -> bytes:
