@@ -101,7 +101,10 @@ def check_json(name: str, text: str, bytes_max: int, limit_name: str) -> Problem
 def truncate_utf8(text: str, bytes_max: int) -> str:
     """``text`` made storable: lone surrogates replaced by U+FFFD, then cut to at most
     ``bytes_max`` UTF-8 bytes, never inside a character."""
-    encoded = text.encode("utf-8", "replace")
+    # Encoding with surrogatepass gives a lone surrogate its (invalid) 3-byte form,
+    # which decoding with "replace" turns into U+FFFD.
+    storable = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    encoded = storable.encode("utf-8")
     if len(encoded) <= bytes_max:
-        return encoded.decode("utf-8")
+        return storable
     return encoded[:bytes_max].decode("utf-8", "ignore")
