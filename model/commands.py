@@ -50,7 +50,7 @@ class Fail:
     job_id: str
     attempt: int
     error: str
-    jitter_seed: int = 0  # any integer; the retry delay is a pure function of it
+    jitter_seed: int = 0  # in [0, 2**64 - 1]; the retry delay is a pure function of it
 
 
 @attrs.frozen(kw_only=True)

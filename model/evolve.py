@@ -14,7 +14,9 @@ Replay is idempotent in two independent ways (the original design, decision 3):
 * **by state** (``apply_event``): every job remembers the LSN of the last event
   applied to it (``Job.last_lsn``, a page LSN as in ARIES).  An event for a job at
   or below that LSN is already reflected and changes nothing.  An event that is
-  not reflected but does not fit the job's state is a broken invariant.
+  not reflected but does not fit the job's state is a broken invariant.  Where no
+  job record can answer (the job was forgotten, or the event is about a queue),
+  the state's own ``last_lsn`` does.
 """
 
 from __future__ import annotations
@@ -84,10 +86,12 @@ def apply_event(state: State, event: Event) -> State:
         return _apply_queue_event(state, event)
     job = state.jobs.get(event.job_id)
     if job is None:
-        if not isinstance(event, JobEnqueued):
-            # The job is gone: forgotten after this event, or the event is bogus.
-            assert event.lsn <= state.last_lsn, f"{event!r} names a job not in the state"
+        if event.lsn <= state.last_lsn:
+            # The job is not here but the state is past this event: the job was
+            # forgotten since.  Only the state's own LSN can tell; the job's is gone.
             return state
+        # Otherwise only an enqueue may name a job the state does not hold.
+        assert isinstance(event, JobEnqueued), f"{event!r} names a job not in the state"
     elif job.last_lsn >= event.lsn:
         return state
     apply = _APPLY[type(event)]
@@ -95,6 +99,10 @@ def apply_event(state: State, event: Event) -> State:
 
 
 def _apply_queue_event(state: State, event: QueuePaused | QueueResumed) -> State:
+    # Queues keep no LSN of their own, so a queue event at or below the state's LSN
+    # counts as reflected (a later pause or resume may have overridden it).
+    if event.lsn <= state.last_lsn:
+        return state
     if isinstance(event, QueuePaused):
         paused = state.paused | {event.queue}
     else:

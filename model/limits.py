@@ -42,6 +42,10 @@ BACKOFF_CAP_MS_MAX = 24 * 3600 * 1000
 # Time is an integer count of milliseconds since an epoch the caller chooses.
 # 2**53 keeps every timestamp exact in a JSON double as well.
 TIME_MS_MAX = 2**53
+# A command's ``now_ms`` stays below half of that, so every time derived from it
+# (now + delay, + backoff, + timeout, + retention is compared, never stored) is
+# still at most TIME_MS_MAX.
+NOW_MS_MAX = TIME_MS_MAX // 2
 
 # Sizes of the state.
 JOBS_MAX = 10_000_000
@@ -68,6 +72,6 @@ assert TIMEOUT_MS_MIN <= TIMEOUT_MS_DEFAULT <= TIMEOUT_MS_MAX
 assert 0 <= BACKOFF_BASE_MS_DEFAULT <= BACKOFF_CAP_MS_DEFAULT <= BACKOFF_CAP_MS_MAX
 assert IN_FLIGHT_MAX <= JOBS_MAX
 # A job's deadline (now + delay + backoff + timeout) must stay a representable time.
-assert DELAY_MS_MAX + BACKOFF_CAP_MS_MAX + TIMEOUT_MS_MAX < TIME_MS_MAX // 2
+assert NOW_MS_MAX + DELAY_MS_MAX + BACKOFF_CAP_MS_MAX + TIMEOUT_MS_MAX <= TIME_MS_MAX
 # Recovery abandons every in-flight lease in one decision, so that many must fit.
 assert IN_FLIGHT_MAX <= 10 * TICK_EXPIRIES_MAX

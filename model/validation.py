@@ -50,7 +50,7 @@ def check_range(name: str, value: int, low: int, high: int, limit_names: str) ->
 
 
 def check_time(now_ms: int) -> Problem | None:
-    return check_range("now_ms", now_ms, 0, limits.TIME_MS_MAX, "0..TIME_MS_MAX")
+    return check_range("now_ms", now_ms, 0, limits.NOW_MS_MAX, "0..NOW_MS_MAX")
 
 
 def check_token(name: str, value: str, bytes_max: int, limit_name: str) -> Problem | None:

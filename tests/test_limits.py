@@ -175,7 +175,7 @@ BOUNDARIES = [
         -1,
         "backoff_base_ms_out_of_range",
     ),
-    ("now max", lambda v: Tick(now_ms=v), 2**53, 2**53 + 1, "now_ms_out_of_range"),
+    ("now max", lambda v: Tick(now_ms=v), 2**52, 2**52 + 1, "now_ms_out_of_range"),
     ("now min", lambda v: Tick(now_ms=v), 0, -1, "now_ms_out_of_range"),
     (
         "jitter_seed max",
