@@ -113,6 +113,65 @@ def _run_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- verify and wal dump: offline inspection of a data directory -------------------------
+
+
+def _data_dir(args: argparse.Namespace) -> str:
+    """``--data-dir``, else ``$BEAVERQ_DATA_DIR``, else ``./beaverq-data``."""
+    chosen = getattr(args, "data_dir", None) or os.environ.get("BEAVERQ_DATA_DIR")
+    return os.path.abspath(chosen or "beaverq-data")
+
+
+def _add_verify(subparsers: argparse._SubParsersAction[_Parser]) -> _Parser:
+    return subparsers.add_parser(
+        "verify",
+        help="check a data directory offline (changes nothing)",
+        description="Check every snapshot and the whole WAL of the data directory, replay "
+        "the events and check the spec's invariants, without changing any file. Exit "
+        "status 0 when the directory is sound (a torn tail, which recovery would cut, is "
+        "reported as a warning), 1 on corruption.",
+    )
+
+
+def _run_verify(args: argparse.Namespace) -> int:
+    from .fs import RealFileSystem
+    from .verify import format_report, verify_data_dir
+
+    report = verify_data_dir(RealFileSystem(), _data_dir(args))
+    print(format_report(report))
+    return 0 if report.ok else 1
+
+
+def _add_wal(subparsers: argparse._SubParsersAction[_Parser]) -> _Parser:
+    parser = subparsers.add_parser(
+        "wal",
+        help="inspect the write-ahead log ('wal dump')",
+        description="Inspect the write-ahead log of the data directory.",
+    )
+    actions = parser.add_subparsers(dest="wal_action", metavar="<action>", required=True)
+    dump = actions.add_parser(
+        "dump",
+        help="print every WAL record, decoded",
+        description="Print every frame of every WAL segment: offset, LSN, durable LSN when "
+        "framed, chain CRC, and the decoded event. Stops at damage and says where. "
+        "Changes nothing.",
+    )
+    _add_global_options(dump, default=argparse.SUPPRESS)
+    return parser
+
+
+def _run_wal(args: argparse.Namespace) -> int:
+    from .fs import RealFileSystem
+    from .wal_dump import dump_wal
+
+    directory = _data_dir(args)
+    if not os.path.isdir(directory):
+        return _fail(f"{directory}: no such data directory")
+    for line in dump_wal(RealFileSystem(), directory):
+        sys.stdout.write(line + "\n")
+    return 0
+
+
 # -- The command table and the entry point. ----------------------------------------------
 
 Command = tuple[
@@ -121,6 +180,8 @@ Command = tuple[
 ]
 COMMANDS: dict[str, Command] = {
     "simulate": (_add_simulate, _run_simulate),
+    "verify": (_add_verify, _run_verify),
+    "wal": (_add_wal, _run_wal),
 }
 
 

@@ -128,5 +128,5 @@ def format_report(report: VerifyReport) -> str:
     lines = list(report.lines)
     lines += [f"warning: {warning}" for warning in report.warnings]
     lines += [f"error: {error}" for error in report.errors]
-    lines.append("verdict: " + ("OK" if report.ok else "CORRUPT"))
+    lines.append("verdict: " + ("OK" if report.ok else "FAILED"))
     return "\n".join(lines)
