@@ -59,6 +59,7 @@ from .state import State, timer_is_live
 from .timers import timers_peek, timers_pop
 from .validation import (
     Problem,
+    check_integer,
     check_job_id,
     check_json,
     check_queue_name,
@@ -282,12 +283,7 @@ def _current_attempt_or_refuse(state: State, command: Complete | Fail) -> Job:
     job = _job_or_refuse(state, command, command.job_id)
     # An attempt number is an integer: True or 1.0 must not pass for attempt 1.  Any
     # integer that is not the live attempt is simply stale.
-    _refuse_if(
-        command,
-        job.job_id,
-        state,
-        check_range("attempt", command.attempt, -(2**63), 2**63 - 1, "a 64-bit integer"),
-    )
+    _refuse_if(command, job.job_id, state, check_integer("attempt", command.attempt))
     if job.status is not IN_FLIGHT or command.attempt != job.attempt:
         # A result from any lease but the live one is stale: accepting it could
         # complete a job twice or resurrect a finished one (spec: fenced results).

@@ -49,6 +49,13 @@ def check_range(name: str, value: int, low: int, high: int, limit_names: str) ->
     return None
 
 
+def check_integer(name: str, value: int) -> Problem | None:
+    """Any integer (``bool`` is not one here, though Python says it is)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return (f"{name}_invalid", f"{name} must be an integer, got {value!r}")
+    return None
+
+
 def check_time(now_ms: int) -> Problem | None:
     return check_range("now_ms", now_ms, 0, limits.NOW_MS_MAX, "0..NOW_MS_MAX")
 

@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import hypothesis
-import pytest
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -530,11 +529,6 @@ def test_regression_tick_parameters_in_range() -> None:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="model refuses |attempt| >= 2**63 with attempt_out_of_range; semantics.md says "
-    "stale_attempt (reported; remove this mark when model or page is changed)",
-)
 def test_regression_huge_attempt_is_stale() -> None:
     """Disagreement 5 -- the MODEL is wrong by semantics.md (open, reported).
 
