@@ -1,0 +1,1016 @@
+"""The controller: turns what happens into model commands, and carries out their effects.
+
+It decides nothing about a job's life itself: a request, a worker's result or a
+clock tick becomes a command, ``decide`` says what happens, the events go to the
+log, ``evolve`` folds them in, and only then does the controller act (answer the
+producer, hand a job to a worker).  docs/runtime.md tells the whole story; the
+rules this file upholds are named where they are upheld:
+
+**R1, one lock, one order.**  ``_lock`` protects the state and the log's framing
+side.  Under it, and only under it: ``decide`` -> ``committer.append`` (frames the
+events in LSN order) -> publish the evolved state.  Then the lock is released, and
+*outside* it: ``wait_durable`` -> effects.  Nothing that can block on another
+thread is called under the lock, except the snapshot's pause (R4).
+
+**R2, durable before visible.**  No effect of an event happens before the event is
+durable: a producer's ``enqueue`` returns only then, a job reaches a worker only
+after its ``LeaseGranted`` is durable (so every attempt a handler ever starts is in
+the log, and a job that kills the process every time still reaches DEAD), and every
+answer (``status``, ``show``, a rejection) waits for the LSN of the state it read.
+
+**R3, bounded everywhere.**  The controller leases only for idle workers (a *slot*
+per worker), so the pool's queue never fills and the result queue, whose size is
+the number of workers, can hold every outstanding result: neither put blocks.
+
+**R4, snapshots see exactly the durable log.**  A snapshot pauses appends by
+holding ``_lock``, closes the group commit (which flushes and stops its flusher
+thread, so no batch is being written), snapshots the state (now exactly the
+durable log), and opens a fresh group commit.
+
+**R5, Recover first.**  ``Recover(now)`` is decided and made durable in the
+constructor, before any lease: every lease a previous process left live is
+abandoned, and counted, before new ones are granted.
+
+Two ways to drive it, sharing all of the above:
+
+* ``step()``: one round of the four loops (results, timeout, dispatch, snapshot)
+  on the calling thread.  With a ``FakeClock``, a fake pool and
+  :class:`InlineCommit`, a run is deterministic (tests/test_controller.py).
+* ``start()``/``stop(grace_s)``: four threads, one per loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+import attrs
+
+from beaverq.model import (
+    Cancel,
+    Command,
+    Complete,
+    Enqueue,
+    Event,
+    Fail,
+    Job,
+    JobCancelled,
+    JobCompleted,
+    JobFailed,
+    JobStatus,
+    Lease,
+    LeaseAbandoned,
+    LeaseExpired,
+    LeaseGranted,
+    PauseQueue,
+    Recover,
+    Rejected,
+    Requeue,
+    ResumeQueue,
+    State,
+    Tick,
+    decide,
+    enqueued_job_id,
+    evolve,
+    limits,
+    next_ready_job,
+)
+
+from .clock import Clock, SystemClock
+from .fs import FileSystem, RealFileSystem
+from .group_commit import GroupCommit
+from .storage import SNAPSHOT_EVERY_EVENTS_DEFAULT, RecoveryReport, Storage, StorageOptions
+from .workers import PoolClosed, PoolFull, Task, TaskResult, WorkerPool
+
+# Result rules that mean "this result is no longer wanted": the attempt fence.
+_STALE_RULES = frozenset({"stale_attempt", "job_not_found"})
+_RETRY_STATUSES = (JobStatus.PENDING, JobStatus.DELAYED)
+
+_STOP = object()  # the result loop's sentinel
+
+
+class ControllerStopped(Exception):
+    """The controller is stopping or stopped: it takes no more commands."""
+
+
+class ControllerFailed(Exception):
+    """A loop failed (e.g. the WAL failed); the runner must stop and recover from disk."""
+
+
+# -- Committers: how appended events become durable. -------------------------------------
+
+
+class Committer(Protocol):
+    def append(self, events: Iterable[Event]) -> int: ...
+
+    def wait_durable(self, lsn: int, timeout_s: float | None = None) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class InlineCommit:
+    """Flush on the waiting thread, no flusher thread: for deterministic runs and tests.
+
+    Each ``wait_durable`` that finds its LSN not yet durable flushes everything
+    framed so far (one fsync), holding its own lock so that framing and flushing
+    never overlap (wal.py, "Threads")."""
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+        self._lock = threading.Lock()
+
+    def append(self, events: Iterable[Event]) -> int:
+        with self._lock:
+            self._storage.append(events)
+            return self._storage.appended_lsn
+
+    def wait_durable(self, lsn: int, timeout_s: float | None = None) -> None:
+        with self._lock:
+            if self._storage.durable_lsn < lsn:
+                self._storage.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self._storage.flush()
+
+
+CommitterFactory = Callable[[Storage], Committer]
+
+
+def group_commit_factory(events_max: int = 1_000, delay_s: float = 0.002) -> CommitterFactory:
+    def make(storage: Storage) -> Committer:
+        return GroupCommit(storage, events_max=events_max, delay_s=delay_s)
+
+    return make
+
+
+# -- Requests, options, figures. ---------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class JobRequest:
+    """An ``Enqueue`` without its time: what a producer asks for."""
+
+    handler: str
+    args_json: str = "null"
+    job_id: str | None = None
+    queue: str = "default"
+    priority: int = limits.PRIORITY_DEFAULT
+    max_attempts: int = limits.ATTEMPTS_DEFAULT
+    timeout_ms: int = limits.TIMEOUT_MS_DEFAULT
+    delay_ms: int = 0
+    backoff_base_ms: int = limits.BACKOFF_BASE_MS_DEFAULT
+    backoff_cap_ms: int = limits.BACKOFF_CAP_MS_DEFAULT
+    idempotency_key: str | None = None
+
+    @classmethod
+    def of(cls, handler: str, args: Any = None, **fields: Any) -> JobRequest:
+        """A request from Python values: ``args`` is serialised to JSON here."""
+        if "args_json" not in fields:
+            fields["args_json"] = _json_text(args)
+        elif args is not None:
+            raise ValueError("give args or args_json, not both")
+        return cls(handler=handler, **fields)
+
+    @classmethod
+    def from_mapping(cls, fields: Mapping[str, Any]) -> JobRequest:
+        fields = dict(fields)
+        unknown = set(fields) - set(attrs.fields_dict(cls)) - {"args"}
+        if unknown:
+            raise ValueError(f"unknown job fields: {', '.join(sorted(unknown))}")
+        if "handler" not in fields:
+            raise ValueError("a job needs a handler")
+        handler = fields.pop("handler")
+        args = fields.pop("args", None)
+        return cls.of(handler, args, **fields)
+
+    def command(self, now_ms: int) -> Enqueue:
+        return Enqueue(now_ms=now_ms, **attrs.asdict(self))
+
+
+def _json_text(value: Any) -> str:
+    try:
+        return json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"args are not JSON-able: {error}") from None
+
+
+@attrs.frozen(kw_only=True)
+class ControllerOptions:
+    runner_id: str | None = None  # worker ids are "<runner_id>-w<n>"; default p<pid>
+    tick_interval_s: float = 0.05  # the timeout loop's period
+    snapshot_interval_s: float = 2.0  # the original design: "e.g. every 2 s"
+    snapshot_every_events: int = SNAPSHOT_EVERY_EVENTS_DEFAULT
+    retention_ms: int = limits.RETENTION_MS_DEFAULT
+    finished_jobs_retained_max: int = limits.FINISHED_JOBS_RETAINED_MAX_DEFAULT
+    result_batch_max: int = 1_000  # results decided under one lock hold
+    final_snapshot: bool = True  # on stop()
+    jitter_seed: int | None = None  # seeds the retry-jitter draws (None: from the OS)
+
+
+@attrs.define
+class Stats:
+    """Counters since this controller started (the metrics read these)."""
+
+    dispatched: int = 0  # LeaseGranted
+    completed: int = 0  # JobCompleted
+    retried: int = 0  # attempts that ended in a retry (failed, expired, abandoned)
+    dead: int = 0  # jobs that reached DEAD
+    cancelled: int = 0  # jobs that reached CANCELLED
+    expired: int = 0  # LeaseExpired
+    stale_results: int = 0  # results refused by the attempt fence
+    results_refused: int = 0  # Complete refused for another reason (turned into Fail)
+    submits_refused: int = 0  # leases the pool would not take (their lease expires)
+    snapshots: int = 0
+    snapshot_seconds_last: float = 0.0
+    events_appended: int = 0
+
+
+@attrs.frozen(kw_only=True)
+class RecoveryFigures:
+    """What the last start found: the storage's report, plus the Recover decision."""
+
+    seconds: float  # Storage.open + Recover durable (0.0 when not measured here)
+    snapshot_lsn: int
+    records_replayed: int
+    bytes_truncated: int
+    last_lsn: int
+    leases_abandoned: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+# -- The controller. ---------------------------------------------------------------------
+
+
+class Controller:
+    def __init__(
+        self,
+        storage: Storage,
+        state: State,
+        clock: Clock,
+        pool: WorkerPool,
+        *,
+        options: ControllerOptions | None = None,
+        report: RecoveryReport | None = None,
+        committer_factory: CommitterFactory | None = None,
+        opened_at: float | None = None,
+    ) -> None:
+        self._storage = storage
+        self._clock = clock
+        self._pool = pool
+        self._options = options or ControllerOptions()
+        runner_id = self._options.runner_id or f"p{os.getpid()}"
+        self._committer_factory = committer_factory or group_commit_factory()
+        self._rng = random.Random(self._options.jitter_seed)
+
+        self._lock = threading.Lock()
+        # Three conditions on the one lock, so a change wakes only who cares.
+        self._lease_possible = threading.Condition(self._lock)  # the dispatcher
+        self._state_changed = threading.Condition(self._lock)  # until_idle callers
+        self._snapshot_due = threading.Condition(self._lock)  # the snapshot loop
+        self._state = state
+        self._committer: Committer = self._committer_factory(storage)
+        # A slot per task the pool can hold (running or waiting), so that a lease
+        # can be made durable while the workers still run the previous ones.
+        self._free_slots = [f"{runner_id}-w{index}" for index in reversed(range(pool.capacity))]
+        self._busy_slots: set[str] = set()
+        # R3: one result per outstanding task, at most one task per slot (+1: the
+        # result loop's stop sentinel).
+        self._results: queue.Queue[object] = queue.Queue(maxsize=pool.capacity + 1)
+        self._events_since_snapshot = 0
+        self._last_snapshot_at = clock.monotonic()
+        self._next_tick_at = clock.monotonic()
+        self._stopping = False
+        self._closed = False
+        self._failure: BaseException | None = None
+        self._pool_started = False
+        self._threads: list[threading.Thread] = []
+        self._stop_timers = threading.Event()
+        self.stats = Stats()
+
+        # R5: Recover, durable, before anything else.
+        outcomes, lsn, committer = self._apply(lambda now: [Recover(now_ms=now)])
+        committer.wait_durable(lsn)
+        abandoned = outcomes[0]
+        assert isinstance(abandoned, tuple)
+        seconds = 0.0 if opened_at is None else time.monotonic() - opened_at
+        self.recovery = RecoveryFigures(
+            seconds=seconds,
+            snapshot_lsn=0 if report is None else report.snapshot_lsn,
+            records_replayed=0 if report is None else report.records_replayed,
+            bytes_truncated=0 if report is None else report.bytes_truncated,
+            last_lsn=state.last_lsn,
+            leases_abandoned=len(abandoned),
+        )
+        self.recovery_report = report
+
+    @classmethod
+    def open(
+        cls,
+        directory: str,
+        pool: WorkerPool,
+        *,
+        fs: FileSystem | None = None,
+        clock: Clock | None = None,
+        options: ControllerOptions | None = None,
+        storage_options: StorageOptions | None = None,
+        committer_factory: CommitterFactory | None = None,
+    ) -> Controller:
+        """Open (and recover) a data directory; the recovery time is measured here."""
+        opened_at = time.monotonic()
+        storage, state, report = Storage.open(fs or RealFileSystem(), directory, storage_options)
+        try:
+            return cls(
+                storage,
+                state,
+                clock or SystemClock(),
+                pool,
+                options=options,
+                report=report,
+                committer_factory=committer_factory,
+                opened_at=opened_at,
+            )
+        except BaseException:
+            storage.close()
+            raise
+
+    # -- R1: the one path from command to log. ---------------------------------------------
+
+    def _apply(
+        self,
+        make_commands: Callable[[int], Sequence[Command]],
+        *,
+        atomic: bool = False,
+        fallback: Callable[[Command, Rejected], Command | None] | None = None,
+        on_published: Callable[[Sequence[object], State], None] | None = None,
+    ) -> tuple[list[tuple[Event, ...] | Rejected | str], int, Committer]:
+        """Decide, append, publish; all under the lock.  Returns, per command, its
+        events (an ``Enqueue``: the job id) or its rejection; the LSN to wait for; and
+        the committer to wait on.  ``atomic``: one rejection refuses them all.
+        ``fallback``: a command to decide instead of a rejected one.  ``on_published``
+        runs under the lock once the state is published (it must not block)."""
+        with self._lock:
+            self._raise_if_unusable()
+            now = self._clock.now_ms()  # under the lock: times grow with LSNs
+            state = self._state
+            outcomes: list[tuple[Event, ...] | Rejected | str] = []
+            appended: list[Event] = []
+            for original in make_commands(now):
+                command: Command | None = original
+                while command is not None:
+                    try:
+                        events = decide(state, command)
+                    except Rejected as rejected:
+                        if atomic:
+                            raise
+                        replacement = None if fallback is None else fallback(command, rejected)
+                        if replacement is None:
+                            outcomes.append(rejected)
+                        command = replacement
+                        continue
+                    before = state
+                    for event in events:
+                        state = evolve(state, event)
+                        self._count(event, state)
+                    appended.extend(events)
+                    if isinstance(command, Enqueue):
+                        outcomes.append(enqueued_job_id(before, command, events))
+                    else:
+                        outcomes.append(events)
+                    command = None
+            if appended:
+                # R1: frame first; if the WAL refuses, nothing is published.
+                self._committer.append(appended)
+                self._state = state
+                self.stats.events_appended += len(appended)
+                self._events_since_snapshot += len(appended)
+                if self._events_since_snapshot >= self._options.snapshot_every_events:
+                    self._snapshot_due.notify()
+                self._lease_possible.notify()
+                self._state_changed.notify_all()
+            if on_published is not None:
+                on_published(outcomes, self._state)
+            # R2: whatever the caller answers reflects this state, so it waits for it.
+            return outcomes, self._state.last_lsn, self._committer
+
+    def _count(self, event: Event, after: State) -> None:
+        stats = self.stats
+        if isinstance(event, LeaseGranted):
+            stats.dispatched += 1
+            return
+        if isinstance(event, JobCompleted):
+            stats.completed += 1
+            return
+        if isinstance(event, LeaseExpired):
+            stats.expired += 1
+        if isinstance(event, (JobFailed, LeaseExpired, LeaseAbandoned)):
+            status = after.jobs[event.job_id].status
+            if status in _RETRY_STATUSES:
+                stats.retried += 1
+            elif status is JobStatus.DEAD:
+                stats.dead += 1
+            elif status is JobStatus.CANCELLED:
+                stats.cancelled += 1
+        elif isinstance(event, JobCancelled):
+            stats.cancelled += 1
+
+    def _raise_if_unusable(self) -> None:
+        if self._failure is not None:
+            raise ControllerFailed(f"the controller failed: {self._failure}") from self._failure
+        if self._closed:
+            raise ControllerStopped("the controller is closed")
+
+    def _run_one(self, make_command: Callable[[int], Command]) -> tuple[Event, ...] | str:
+        outcomes, lsn, committer = self._apply(lambda now: [make_command(now)])
+        committer.wait_durable(lsn)
+        outcome = outcomes[0]
+        if isinstance(outcome, Rejected):
+            raise outcome
+        return outcome
+
+    # -- The public API: producers and operators. ------------------------------------------
+
+    def enqueue(self, handler: str, args: Any = None, **fields: Any) -> str:
+        """Enqueue one job; return its id once its ``JobEnqueued`` is durable.
+
+        ``fields`` are ``JobRequest``'s (``queue``, ``priority``, ``job_id``, ...).
+        A refused enqueue raises ``Rejected`` and changes nothing; an enqueue whose
+        idempotency key is known returns the existing job's id."""
+        return self.enqueue_request(JobRequest.of(handler, args, **fields))
+
+    def enqueue_request(self, request: JobRequest) -> str:
+        self._refuse_if_stopping()
+        job_id = self._run_one(request.command)
+        assert isinstance(job_id, str)
+        return job_id
+
+    def enqueue_batch(self, requests: Iterable[JobRequest | Mapping[str, Any]]) -> list[str]:
+        """Enqueue jobs with one durable commit; their ids, in order.  All or nothing:
+        if one is refused, ``Rejected`` names it and none is enqueued."""
+        self._refuse_if_stopping()
+        batch = [
+            request if isinstance(request, JobRequest) else JobRequest.from_mapping(request)
+            for request in requests
+        ]
+        try:
+            outcomes, lsn, committer = self._apply(
+                lambda now: [request.command(now) for request in batch], atomic=True
+            )
+        except Rejected:
+            # R2: even a refusal is an answer about the state, so it waits as well.
+            with self._lock:
+                lsn, committer = self._state.last_lsn, self._committer
+            committer.wait_durable(lsn)
+            raise
+        committer.wait_durable(lsn)
+        return [job_id for job_id in outcomes if isinstance(job_id, str)]
+
+    def cancel(self, job_id: str) -> str:
+        """Cancel a job; return its status now ("cancelled", or "in_flight" with the
+        cancellation taking effect at its result)."""
+        self._run_one(lambda now: Cancel(now_ms=now, job_id=job_id))
+        return self._status_of(job_id)
+
+    def requeue(self, job_id: str) -> str:
+        self._run_one(lambda now: Requeue(now_ms=now, job_id=job_id))
+        return self._status_of(job_id)
+
+    def pause(self, queue_name: str) -> None:
+        self._run_one(lambda now: PauseQueue(now_ms=now, queue=queue_name))
+
+    def resume(self, queue_name: str) -> None:
+        self._run_one(lambda now: ResumeQueue(now_ms=now, queue=queue_name))
+
+    def _status_of(self, job_id: str) -> str:
+        job = self._state.jobs.get(job_id)
+        return JobStatus.ABSENT.value if job is None else job.status.value
+
+    def _refuse_if_stopping(self) -> None:
+        if self._stopping:
+            raise ControllerStopped("the controller is stopping: it takes no new jobs")
+
+    # -- Reads: each waits for the durability of the state it reads (R2). ---------------
+
+    def _durable_state(self) -> State:
+        with self._lock:
+            state, committer = self._state, self._committer
+        committer.wait_durable(state.last_lsn)
+        return state
+
+    @property
+    def state(self) -> State:
+        """The current state (may include events not yet durable; for tests)."""
+        return self._state
+
+    @property
+    def failure(self) -> BaseException | None:
+        return self._failure
+
+    def status(self) -> dict[str, Any]:
+        state = self._durable_state()
+        with self._lock:
+            stats = attrs.asdict(self.stats)
+            busy = len(self._busy_slots)
+        return status_of(state) | {
+            "durable_lsn": state.last_lsn,
+            "recovery": self.recovery.as_dict(),
+            "runtime": stats | {"workers": self._pool.workers, "busy_workers": busy},
+        }
+
+    def jobs(
+        self, status: str | None = None, queue: str | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        return jobs_of(self._durable_state(), status, queue, limit)
+
+    def show(self, job_id: str) -> dict[str, Any] | None:
+        job = self._durable_state().jobs.get(job_id)
+        return None if job is None else job_detail(job)
+
+    def is_idle(self) -> bool:
+        with self._lock:
+            return _is_idle(self._state)
+
+    def until_idle(self, timeout_s: float | None = None) -> bool:
+        """Wait until no job is pending, delayed or in flight (paused queues aside)
+        and that state is durable.  False on timeout."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with self._lock:
+            while not _is_idle(self._state):
+                self._raise_if_unusable()
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._state_changed.wait(remaining)
+            lsn, committer = self._state.last_lsn, self._committer
+        committer.wait_durable(lsn)
+        return True
+
+    # -- The four loops' bodies (shared by step() and the threads). -------------------------
+
+    def _on_result(self, result: TaskResult) -> None:
+        """The pool's callback, on a worker thread: never blocks (R3)."""
+        self._results.put_nowait(result)
+
+    def _process_results(self, results: Sequence[TaskResult]) -> int:
+        """The result loop's body: Complete/Fail for each; stale ones are counted."""
+        with self._lock:
+            for result in results:
+                if result.worker_id in self._busy_slots:
+                    self._busy_slots.discard(result.worker_id)
+                    self._free_slots.append(result.worker_id)
+            seeds = [self._rng.getrandbits(64) for _ in results]  # in result order
+
+        def commands(now: int) -> list[Command]:
+            made: list[Command] = []
+            for result, seed in zip(results, seeds, strict=True):
+                outcome = result.outcome
+                if outcome.ok:
+                    assert outcome.result_json is not None
+                    made.append(
+                        Complete(
+                            now_ms=now,
+                            job_id=result.job_id,
+                            attempt=result.attempt,
+                            result_json=outcome.result_json,
+                        )
+                    )
+                else:
+                    made.append(
+                        Fail(
+                            now_ms=now,
+                            job_id=result.job_id,
+                            attempt=result.attempt,
+                            error=outcome.error or "failed",
+                            jitter_seed=seed,
+                        )
+                    )
+            return made
+
+        def fallback(command: Command, rejected: Rejected) -> Command | None:
+            if rejected.rejection.rule in _STALE_RULES:
+                # The fence at work: a result from a lease that is no longer live.
+                self.stats.stale_results += 1
+                return None
+            if isinstance(command, Complete):
+                # A result the model refuses (too large, not JSON) fails the attempt
+                # instead of being lost: the job's author sees why.
+                self.stats.results_refused += 1
+                return Fail(
+                    now_ms=command.now_ms,
+                    job_id=command.job_id,
+                    attempt=command.attempt,
+                    error=f"the result was refused: {rejected.rejection.detail}",
+                )
+            raise rejected  # a Fail the model refuses is a bug here: loud
+
+        self._apply(commands, fallback=fallback)
+        # No wait: nobody is answered, and a later lease's durability covers these.
+        with self._lock:
+            self._lease_possible.notify()
+        return len(results)
+
+    def _tick_once(self) -> int:
+        options = self._options
+        outcomes, _lsn, _committer = self._apply(
+            lambda now: [
+                Tick(
+                    now_ms=now,
+                    retention_ms=options.retention_ms,
+                    finished_jobs_retained_max=options.finished_jobs_retained_max,
+                )
+            ]
+        )
+        events = outcomes[0]
+        return len(events) if isinstance(events, tuple) else 0
+
+    def _dispatch_once(self) -> int:
+        """Lease a job for each idle worker; hand them over once the leases are durable."""
+        with self._lock:
+            if self._stopping or not self._free_slots:
+                return 0
+            slots = list(self._free_slots)  # only this thread takes slots
+        tasks: list[Task] = []
+
+        def take_slots(outcomes: Sequence[object], state: State) -> None:
+            # Under the lock, with the leases published: the slots turn busy at once.
+            for worker_id, granted in zip(slots, outcomes, strict=True):
+                if not isinstance(granted, tuple) or not granted:
+                    continue  # nothing ready (or in_flight_max_reached): no lease
+                (event,) = granted
+                assert isinstance(event, LeaseGranted)
+                spec = state.jobs[event.job_id].spec
+                tasks.append(
+                    Task(
+                        job_id=event.job_id,
+                        attempt=event.attempt,
+                        handler=spec.handler,
+                        args_json=spec.args_json,
+                        timeout_s=spec.timeout_ms / 1000.0,
+                        worker_id=worker_id,
+                    )
+                )
+                self._free_slots.remove(worker_id)
+                self._busy_slots.add(worker_id)
+
+        _outcomes, lsn, committer = self._apply(
+            lambda now: [Lease(now_ms=now, worker_id=worker_id) for worker_id in slots],
+            on_published=take_slots,
+        )
+        if not tasks:
+            return 0
+        # R2: the worker starts only once the lease is in the log.
+        committer.wait_durable(lsn)
+        for task in tasks:
+            try:
+                self._pool.submit(task)
+            except (PoolFull, PoolClosed):
+                # Cannot happen while R3 holds; if it does, the lease simply expires
+                # and the timeout loop returns the job: safe, only slower.
+                with self._lock:
+                    self.stats.submits_refused += 1
+                    self._busy_slots.discard(task.worker_id)
+                    self._free_slots.append(task.worker_id)
+        return len(tasks)
+
+    def _can_lease(self) -> bool:
+        return bool(self._free_slots) and next_ready_job(self._state) is not None
+
+    def snapshot(self) -> str:
+        """R4: take a snapshot of exactly the durable log; return its path."""
+        with self._lock:
+            self._raise_if_unusable()
+            return self._snapshot_locked()
+
+    def _snapshot_locked(self) -> str:
+        started = time.perf_counter()
+        # Holding the lock pauses every append; closing the group commit flushes
+        # what is framed and stops its flusher, so no batch is being written while
+        # the snapshot rotates the WAL.
+        self._committer.close()
+        try:
+            path = self._storage.take_snapshot(self._state)
+        finally:
+            self._committer = self._committer_factory(self._storage)
+        self._events_since_snapshot = 0
+        self._last_snapshot_at = self._clock.monotonic()
+        self.stats.snapshots += 1
+        self.stats.snapshot_seconds_last = time.perf_counter() - started
+        return path
+
+    def _snapshot_is_due(self) -> bool:
+        return self._events_since_snapshot >= self._options.snapshot_every_events or (
+            self._events_since_snapshot > 0
+            and self._clock.monotonic() - self._last_snapshot_at
+            >= self._options.snapshot_interval_s
+        )
+
+    # -- Deterministic mode. ----------------------------------------------------------------
+
+    def step(self) -> bool:
+        """One round of the four loops, in a fixed order, on this thread: results,
+        timeout (when a tick is due on the clock), dispatch, snapshot (when due).
+        True if anything happened.  Not to be mixed with ``start()``."""
+        assert not self._threads, "step() while the loops run in threads"
+        self._start_pool()
+        did = False
+        results = self._drain_results()
+        if results:
+            self._process_results(results)
+            did = True
+        if self._clock.monotonic() >= self._next_tick_at:
+            self._next_tick_at = self._clock.monotonic() + self._options.tick_interval_s
+            did = self._tick_once() > 0 or did
+        did = self._dispatch_once() > 0 or did
+        with self._lock:
+            if self._snapshot_is_due():
+                self._snapshot_locked()
+                did = True
+        return did
+
+    def _drain_results(self) -> list[TaskResult]:
+        results: list[TaskResult] = []
+        while len(results) < self._options.result_batch_max:
+            try:
+                item = self._results.get_nowait()
+            except queue.Empty:
+                break
+            assert isinstance(item, TaskResult)
+            results.append(item)
+        return results
+
+    def _start_pool(self) -> None:
+        if not self._pool_started:
+            self._pool_started = True
+            self._pool.start(self._on_result)
+
+    # -- Threaded mode. ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run the four loops in threads until ``stop``."""
+        assert not self._threads, "start() twice"
+        self._raise_if_unusable()
+        self._start_pool()
+        for name, target in (
+            ("dispatch", self._dispatch_loop),
+            ("result", self._result_loop),
+            ("timeout", self._timeout_loop),
+            ("snapshot", self._snapshot_loop),
+        ):
+            thread = threading.Thread(target=self._guarded(target), name=f"beaverq-{name}")
+            self._threads.append(thread)
+        for thread in self._threads:
+            thread.start()
+
+    def _guarded(self, loop: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                loop()
+            except BaseException as error:
+                self._fail(error)
+
+        return run
+
+    def _fail(self, error: BaseException) -> None:
+        with self._lock:
+            if self._failure is None:
+                self._failure = error
+            self._stopping = True
+            self._lease_possible.notify_all()
+            self._state_changed.notify_all()
+            self._snapshot_due.notify_all()
+        self._stop_timers.set()
+
+    def _dispatch_loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._stopping and not self._can_lease():
+                    self._lease_possible.wait()
+                if self._stopping:
+                    return
+            self._dispatch_once()
+
+    def _result_loop(self) -> None:
+        while True:
+            first = self._results.get()
+            if first is _STOP:
+                return
+            assert isinstance(first, TaskResult)
+            batch = [first]
+            stop = False
+            while len(batch) < self._options.result_batch_max:
+                try:
+                    item = self._results.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stop = True
+                    break
+                assert isinstance(item, TaskResult)
+                batch.append(item)
+            self._process_results(batch)
+            if stop:
+                return
+
+    def _timeout_loop(self) -> None:
+        while not self._stop_timers.wait(self._options.tick_interval_s):
+            self._tick_once()
+
+    def _snapshot_loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._stop_timers.is_set() and not self._snapshot_is_due():
+                    elapsed = self._clock.monotonic() - self._last_snapshot_at
+                    self._snapshot_due.wait(max(0.001, self._options.snapshot_interval_s - elapsed))
+                if self._stop_timers.is_set():
+                    return
+                self._snapshot_locked()
+
+    # -- Stopping. --------------------------------------------------------------------------
+
+    def stop(self, grace_s: float = 10.0) -> list[str]:
+        """Graceful stop: no more leases; running jobs get ``grace_s`` to finish (their
+        results are recorded); a final snapshot; storage closed.  Returns the ids of the
+        jobs still running at the end of the grace: they stay in flight in the log, and
+        the next start's ``Recover`` returns them to the queue (docs/runtime.md)."""
+        if self._closed:
+            return []
+        self._begin_stop()
+        unfinished = self._pool.shutdown(grace_s) if self._pool_started else []
+        self._end_loops(process_results=True)
+        failure = self._failure
+        try:
+            if failure is None and self._options.final_snapshot:
+                with self._lock:
+                    if self._events_since_snapshot > 0:
+                        self._snapshot_locked()
+        finally:
+            self._close_storage()
+        if failure is not None:
+            raise ControllerFailed(f"the controller failed: {failure}") from failure
+        return unfinished
+
+    def halt(self) -> None:
+        """Stop at once, as close to a crash as one process can come: no grace, no
+        result processed, no snapshot.  The group commit's flusher is closed (it has no
+        abort: what was framed is flushed, as if the crash came a moment later); the
+        storage is *not* closed: the caller drops its file system (``fs.close()``)."""
+        if self._closed:
+            return
+        self._begin_stop()
+        if self._pool_started:
+            self._pool.shutdown(0.0)
+        self._end_loops(process_results=False)
+        self._closed = True
+        with contextlib.suppress(Exception):  # a crash reports nothing either
+            self._committer.close()
+
+    def __enter__(self) -> Controller:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _begin_stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            self._lease_possible.notify_all()
+        for thread in self._threads:
+            if thread.name == "beaverq-dispatch":
+                # Joined before the pool stops: every durable lease gets submitted.
+                thread.join()
+
+    def _end_loops(self, *, process_results: bool) -> None:
+        if self._threads:
+            if process_results:
+                self._results.put(_STOP)
+            else:
+                self._drop_results()
+                self._results.put(_STOP)
+            self._stop_timers.set()
+            with self._lock:
+                self._snapshot_due.notify_all()
+            for thread in self._threads:
+                thread.join()
+        if process_results and self._failure is None:
+            # Step mode, or results reported after the result loop ended.
+            while True:
+                results = self._drain_results()
+                if not results:
+                    break
+                self._process_results(results)
+        else:
+            self._drop_results()
+
+    def _drop_results(self) -> None:
+        while True:
+            try:
+                self._results.get_nowait()
+            except queue.Empty:
+                return
+
+    def _close_storage(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._state_changed.notify_all()
+        try:
+            self._committer.close()
+        finally:
+            self._storage.close()
+
+
+# -- Reading a state: shared with the CLI when no runner holds the data dir. ---------------
+
+
+def _is_idle(state: State) -> bool:
+    """No job pending, delayed or in flight, paused queues aside."""
+    counts = state.counts
+    if counts.in_flight or next_ready_job(state) is not None:
+        return False
+    if counts.delayed == 0:
+        return True
+    if not state.paused:
+        return False
+    # Rare (paused queues and delayed jobs): a scan is fine.
+    return not any(
+        job.status is JobStatus.DELAYED and job.spec.queue not in state.paused
+        for job in state.jobs.values()
+    )
+
+
+_COUNTED = ("pending", "delayed", "in_flight", "completed", "dead", "cancelled")
+
+
+def status_of(state: State) -> dict[str, Any]:
+    counts = state.counts
+    queues: dict[str, dict[str, int]] = {}
+    for job in state.jobs.values():
+        per = queues.get(job.spec.queue)
+        if per is None:
+            per = queues[job.spec.queue] = dict.fromkeys(_COUNTED, 0)
+        per[job.status.value] += 1
+    return {
+        **{name: getattr(counts, name) for name in _COUNTED},
+        "total": counts.total,
+        "queues": dict(sorted(queues.items())),
+        "paused": sorted(state.paused),
+        "last_lsn": state.last_lsn,
+    }
+
+
+def job_summary(job: Job) -> dict[str, Any]:
+    spec = job.spec
+    return {
+        "job_id": spec.job_id,
+        "queue": spec.queue,
+        "handler": spec.handler,
+        "status": job.status.value,
+        "priority": spec.priority,
+        "attempt": job.attempt,
+        "attempts_used": job.attempts_used,
+        "max_attempts": spec.max_attempts,
+        "error": job.error,
+    }
+
+
+def job_detail(job: Job) -> dict[str, Any]:
+    spec = job.spec
+    return job_summary(job) | {
+        "args_json": spec.args_json,
+        "timeout_ms": spec.timeout_ms,
+        "backoff_base_ms": spec.backoff_base_ms,
+        "backoff_cap_ms": spec.backoff_cap_ms,
+        "idempotency_key": spec.idempotency_key,
+        "enqueued_at_ms": job.enqueued_at_ms,
+        "ready_at_ms": job.ready_at_ms,
+        "lease_expires_at_ms": job.lease_expires_at_ms,
+        "cancel_requested": job.cancel_requested,
+        "result_json": job.result_json,
+        "finished_at_ms": job.finished_at_ms,
+        "attempts": [attrs.asdict(record) for record in job.history],
+    }
+
+
+def jobs_of(
+    state: State, status: str | None = None, queue: str | None = None, limit: int | None = None
+) -> list[dict[str, Any]]:
+    if status is not None and status not in _COUNTED:
+        raise ValueError(f"unknown state {status!r}: one of {', '.join(_COUNTED)}")
+    found = [
+        job
+        for job in state.jobs.values()
+        if (status is None or job.status.value == status)
+        and (queue is None or job.spec.queue == queue)
+    ]
+    found.sort(key=lambda job: job.enqueued_lsn)
+    if limit is not None:
+        found = found[:limit]
+    return [job_summary(job) for job in found]
