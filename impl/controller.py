@@ -84,9 +84,10 @@ from beaverq.model import (
 )
 
 from .clock import Clock, SystemClock
-from .fs import FileSystem, RealFileSystem
+from .fs import FileSystem, RealFileSystem, StorageError
 from .group_commit import GroupCommit
 from .storage import SNAPSHOT_EVERY_EVENTS_DEFAULT, RecoveryReport, Storage, StorageOptions
+from .wal import WalFailed
 from .workers import PoolClosed, PoolFull, Task, TaskResult, WorkerPool
 
 # Result rules that mean "this result is no longer wanted": the attempt fence.
@@ -230,6 +231,8 @@ class Stats:
     submits_refused: int = 0  # leases the pool would not take (their lease expires)
     snapshots: int = 0
     snapshot_seconds_last: float = 0.0
+    snapshot_failures: int = 0  # the WAL kept everything; retried after an interval
+    snapshot_error_last: str | None = None
     events_appended: int = 0
 
 
@@ -277,6 +280,10 @@ class Controller:
         self._lease_possible = threading.Condition(self._lock)  # the dispatcher
         self._state_changed = threading.Condition(self._lock)  # until_idle callers
         self._snapshot_due = threading.Condition(self._lock)  # the snapshot loop
+        if not 1 <= pool.capacity <= limits.IN_FLIGHT_MAX:
+            # More slots than the model allows leases would make Lease refuse
+            # (in_flight_max_reached) while the dispatcher sees an idle slot.
+            raise ValueError(f"pool capacity must be in 1..IN_FLIGHT_MAX, got {pool.capacity}")
         self._state = state
         self._committer: Committer = self._committer_factory(storage)
         # A slot per task the pool can hold (running or waiting), so that a lease
@@ -299,7 +306,7 @@ class Controller:
 
         # R5: Recover, durable, before anything else.
         outcomes, lsn, committer = self._apply(lambda now: [Recover(now_ms=now)])
-        committer.wait_durable(lsn)
+        self._wait_durable(committer, lsn)
         abandoned = outcomes[0]
         assert isinstance(abandoned, tuple)
         seconds = 0.0 if opened_at is None else time.monotonic() - opened_at
@@ -364,6 +371,7 @@ class Controller:
             state = self._state
             outcomes: list[tuple[Event, ...] | Rejected | str] = []
             appended: list[Event] = []
+            counted: list[tuple[Event, State]] = []  # each event with the state after it
             for original in make_commands(now):
                 command: Command | None = original
                 while command is not None:
@@ -380,7 +388,7 @@ class Controller:
                     before = state
                     for event in events:
                         state = evolve(state, event)
-                        self._count(event, state)
+                        counted.append((event, state))
                     appended.extend(events)
                     if isinstance(command, Enqueue):
                         outcomes.append(enqueued_job_id(before, command, events))
@@ -391,6 +399,8 @@ class Controller:
                 # R1: frame first; if the WAL refuses, nothing is published.
                 self._committer.append(appended)
                 self._state = state
+                for event, after in counted:
+                    self._count(event, after)
                 self.stats.events_appended += len(appended)
                 self._events_since_snapshot += len(appended)
                 if self._events_since_snapshot >= self._options.snapshot_every_events:
@@ -423,6 +433,14 @@ class Controller:
         elif isinstance(event, JobCancelled):
             stats.cancelled += 1
 
+    def _wait_durable(self, committer: Committer, lsn: int) -> None:
+        """Wait outside the lock (R1); a failed WAL fails the whole controller."""
+        try:
+            committer.wait_durable(lsn)
+        except WalFailed as error:
+            self._fail(error)
+            raise
+
     def _raise_if_unusable(self) -> None:
         if self._failure is not None:
             raise ControllerFailed(f"the controller failed: {self._failure}") from self._failure
@@ -431,7 +449,7 @@ class Controller:
 
     def _run_one(self, make_command: Callable[[int], Command]) -> tuple[Event, ...] | str:
         outcomes, lsn, committer = self._apply(lambda now: [make_command(now)])
-        committer.wait_durable(lsn)
+        self._wait_durable(committer, lsn)
         outcome = outcomes[0]
         if isinstance(outcome, Rejected):
             raise outcome
@@ -469,9 +487,9 @@ class Controller:
             # R2: even a refusal is an answer about the state, so it waits as well.
             with self._lock:
                 lsn, committer = self._state.last_lsn, self._committer
-            committer.wait_durable(lsn)
+            self._wait_durable(committer, lsn)
             raise
-        committer.wait_durable(lsn)
+        self._wait_durable(committer, lsn)
         return [job_id for job_id in outcomes if isinstance(job_id, str)]
 
     def cancel(self, job_id: str) -> str:
@@ -495,6 +513,7 @@ class Controller:
         return JobStatus.ABSENT.value if job is None else job.status.value
 
     def _refuse_if_stopping(self) -> None:
+        self._raise_if_unusable()  # a failure names itself, not just "stopping"
         if self._stopping:
             raise ControllerStopped("the controller is stopping: it takes no new jobs")
 
@@ -503,7 +522,7 @@ class Controller:
     def _durable_state(self) -> State:
         with self._lock:
             state, committer = self._state, self._committer
-        committer.wait_durable(state.last_lsn)
+        self._wait_durable(committer, state.last_lsn)
         return state
 
     @property
@@ -551,7 +570,7 @@ class Controller:
                     return False
                 self._state_changed.wait(remaining)
             lsn, committer = self._state.last_lsn, self._committer
-        committer.wait_durable(lsn)
+        self._wait_durable(committer, lsn)
         return True
 
     # -- The four loops' bodies (shared by step() and the threads). -------------------------
@@ -668,7 +687,7 @@ class Controller:
         if not tasks:
             return 0
         # R2: the worker starts only once the lease is in the log.
-        committer.wait_durable(lsn)
+        self._wait_durable(committer, lsn)
         for task in tasks:
             try:
                 self._pool.submit(task)
@@ -825,14 +844,25 @@ class Controller:
             self._tick_once()
 
     def _snapshot_loop(self) -> None:
+        interval = self._options.snapshot_interval_s
         while True:
             with self._lock:
                 while not self._stop_timers.is_set() and not self._snapshot_is_due():
-                    elapsed = self._clock.monotonic() - self._last_snapshot_at
-                    self._snapshot_due.wait(max(0.001, self._options.snapshot_interval_s - elapsed))
+                    left = interval - (self._clock.monotonic() - self._last_snapshot_at)
+                    # Nothing new since the last snapshot: a whole interval, not a spin.
+                    self._snapshot_due.wait(left if left > 0 else interval)
                 if self._stop_timers.is_set():
                     return
-                self._snapshot_locked()
+                try:
+                    self._snapshot_locked()
+                except WalFailed:
+                    raise  # the log itself failed: the runner must stop
+                except (OSError, StorageError) as error:
+                    # The WAL still holds everything: a failed snapshot only makes
+                    # the next recovery longer.  Count it and try again later.
+                    self.stats.snapshot_failures += 1
+                    self.stats.snapshot_error_last = str(error)
+                    self._last_snapshot_at = self._clock.monotonic()
 
     # -- Stopping. --------------------------------------------------------------------------
 
@@ -923,6 +953,10 @@ class Controller:
             self._state_changed.notify_all()
         try:
             self._committer.close()
+        except WalFailed:
+            if self._failure is None:
+                raise
+            # Already failed: stop() reports that failure, not this echo of it.
         finally:
             self._storage.close()
 

@@ -31,6 +31,7 @@ from sim.crashfs import NOTHING_UNSYNCED, CrashFS, CrashPolicy, HypothesisChoose
 from beaverq.impl.clock import FakeClock, SystemClock
 from beaverq.impl.controller import (
     Controller,
+    ControllerFailed,
     ControllerOptions,
     ControllerStopped,
     InlineCommit,
@@ -41,6 +42,7 @@ from beaverq.impl.fs import RealFileSystem
 from beaverq.impl.group_commit import GroupCommit
 from beaverq.impl.handlers import HandlerContext, HandlerRegistry, Outcome
 from beaverq.impl.storage import Storage
+from beaverq.impl.wal import WalFailed
 from beaverq.impl.workers import PoolClosed, PoolFull, Task, TaskResult, ThreadPool
 from beaverq.model import (
     FINISHED,
@@ -555,6 +557,25 @@ def test_random_workloads_with_crashes_match_the_model(
     world.controller.stop()
     storage, recovered, _report = Storage.open(world.fs, DIRECTORY)
     assert recovered == final
+    storage.close()
+
+
+def test_a_failed_wal_fails_the_controller_loudly(threads_checked: None) -> None:
+    fs = CrashFS()
+    controller = Controller.open(DIRECTORY, ThreadPool(HandlerRegistry(), workers=1), fs=fs)
+    controller.start()
+    controller.enqueue("noop")
+    fs.fail_next_fsync()
+    with pytest.raises(WalFailed):
+        controller.enqueue("noop")  # never acknowledged: its fsync failed
+    assert isinstance(controller.failure, WalFailed)
+    with pytest.raises(ControllerFailed, match="controller failed"):
+        controller.enqueue("noop")
+    with pytest.raises(ControllerFailed):
+        controller.stop()
+    # The next process recovers what was durable: the first job, not the second.
+    storage, state, _report = Storage.open(fs.crash(NOTHING_UNSYNCED), DIRECTORY)
+    assert state.counts.total == 1
     storage.close()
 
 
