@@ -103,7 +103,9 @@ def _check_int(name: str, value: object, low: int, high: int, job_id: str | None
 
 def _has_utf8_form(text: str) -> bool:
     # A lone surrogate (a str can hold one) has no UTF-8 form: such text cannot be
-    # logged, and its size in UTF-8 bytes is not even defined.
+    # logged, and its size in UTF-8 bytes is not even defined.  NOT in semantics.md:
+    # adopted from model commit eabbd40 (text with lone surrogates is <field>_invalid,
+    # checked before the size); reported.
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

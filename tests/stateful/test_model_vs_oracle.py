@@ -348,9 +348,12 @@ class ModelVsOracle(RuleBasedStateMachine):
             )
         elif what == "attempt":
             # Not an integer: attempt_invalid, after the job lookup (True == 1 in Python,
-            # so a missing type check would let True complete attempt 1).
+            # so a missing type check would let True complete attempt 1).  Any integer,
+            # however large, that is not the live attempt: stale_attempt.
             job_id = self.pick_job(data, JobStatus.IN_FLIGHT)
-            attempt: Any = data.draw(st.sampled_from([True, False, 1.0, "1", None]))
+            attempt: Any = data.draw(
+                st.sampled_from([True, False, 1.0, "1", None, 2**63, -(2**63) - 1, 2**70])
+            )
             command = data.draw(
                 st.sampled_from(
                     [
@@ -530,16 +533,15 @@ def test_regression_tick_parameters_in_range() -> None:
 
 
 def test_regression_huge_attempt_is_stale() -> None:
-    """Disagreement 5 -- the MODEL is wrong by semantics.md (open, reported).
+    """Disagreement 5 -- the MODEL was wrong by semantics.md (fixed in bb7a12c).
 
     Found after commit fafdda0 ("attempts must be integers"): on a job leased once,
     ``Complete(now_ms=0, job_id='a', attempt=2**63)``: model ``attempt_out_of_range``,
     oracle ``stale_attempt``.  semantics.md: "an attempt that is not an integer is
     attempt_invalid", otherwise a mismatch is ``stale_attempt``; the model's own comment
     says "Any integer that is not the live attempt is simply stale", but its code range
-    checks the attempt to 64 bits.  Either the page gains the 64-bit bound or the model
-    drops it; until then this test is an expected failure (strict: it fails loudly once
-    the two agree, so that the mark is removed).
+    checks the attempt to 64 bits.  This test was a strict expected failure until
+    bb7a12c made the model check only that the attempt is an integer.
     """
     commands: list[Command] = [
         Enqueue(now_ms=0, handler="h", job_id="a"),
