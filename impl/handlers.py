@@ -146,11 +146,16 @@ class HandlerRegistry:
         self._handlers: dict[str, HandlerFunction] = {}
         self.allow_shell = allow_shell
         self.imported: list[str] = []  # modules, in import order (a process pool replays it)
+        # Handlers added by ``add`` directly, not through an import: a worker process
+        # cannot rebuild those from (allow_shell, imported).
+        self.added_directly: list[str] = []
+        self._importing = True  # the built-ins count as rebuilt by the constructor
         self.add("noop", _noop)
         self.add("sleep", _sleep)
         self.add("fail", _fail)
         if allow_shell:
             self.add("shell", _shell)
+        self._importing = False
 
     def add(self, name: str, function: HandlerFunction) -> None:
         if not isinstance(name, str) or not name or any(c.isspace() for c in name):
@@ -162,6 +167,8 @@ class HandlerRegistry:
         if name in self._handlers:
             raise ValueError(f"handler {name!r} is already registered")
         self._handlers[name] = function
+        if not self._importing:
+            self.added_directly.append(name)
 
     def names(self) -> list[str]:
         return sorted(self._handlers)
@@ -173,15 +180,19 @@ class HandlerRegistry:
         """Import ``module_name`` and register its handlers; return their names."""
         module = importlib.import_module(module_name)
         before = set(self._handlers)
-        register = getattr(module, "register", None)
-        if callable(register) and getattr(register, _MARK, None) is None:
-            register(self)
-        for value in list(vars(module).values()):
-            name = getattr(value, _MARK, None)
-            # Only functions defined here: a marked function the module merely
-            # imported belongs to its own module's --import.
-            if isinstance(name, str) and getattr(value, "__module__", None) == module.__name__:
-                self.add(name, value)
+        self._importing = True
+        try:
+            register = getattr(module, "register", None)
+            if callable(register) and getattr(register, _MARK, None) is None:
+                register(self)
+            for value in list(vars(module).values()):
+                name = getattr(value, _MARK, None)
+                # Only functions defined here: a marked function the module merely
+                # imported belongs to its own module's --import.
+                if isinstance(name, str) and getattr(value, "__module__", None) == module.__name__:
+                    self.add(name, value)
+        finally:
+            self._importing = False
         added = sorted(set(self._handlers) - before)
         if not added:
             raise ValueError(

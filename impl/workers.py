@@ -1,4 +1,9 @@
-"""The worker pool: N threads that run handlers and report how each attempt ended.
+"""The worker pools: N workers that run handlers and report how each attempt ended.
+
+Two kinds share everything below but where a handler runs: :class:`ThreadPool` (the
+default) runs it on the worker thread; :class:`ProcessPool` (``--pool processes``)
+has each worker thread drive one worker process, so that a handler past its deadline
+is really stopped: its process is killed and replaced.
 
 The controller hands the pool a :class:`Task` (a leased attempt: job id, attempt,
 handler, args, timeout) and gets back, through the ``on_result`` callback it gave
@@ -31,7 +36,9 @@ Shutdown (``shutdown(grace_s)``), in this order:
 4. join every thread.  A thread stuck in a handler that ignores ``cancelled``
    cannot be killed (Python threads cannot be); the pool waits ``cancel_wait_s``
    for it and then lists it in ``stuck_threads``.  Threads are daemons, so such a
-   thread does not keep the process alive.
+   thread does not keep the process alive.  (In a process pool no thread gets stuck:
+   the handler's process is killed ``kill_margin_s`` after the cancel.)
+5. a process pool then stops every worker process and reaps it.
 
 The ids returned are the jobs that did not finish: dropped before starting, or
 abandoned while running.  Their leases stay live in the log; see docs/runtime.md
@@ -40,18 +47,30 @@ abandoned while running.  Their leases stay live in the log; see docs/runtime.md
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import queue
+import select
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol
+from typing import IO, Any, Protocol
 
 import attrs
 
-from .handlers import HandlerContext, HandlerRegistry, Outcome
+from .handlers import HandlerContext, HandlerRegistry, Outcome, kill_process_group
 
 #: How long ``shutdown`` waits for abandoned handlers to notice ``cancelled``.
 CANCEL_WAIT_S_DEFAULT = 5.0
+#: Process pool: how long past its deadline (or cancellation) a handler may run
+#: before its process is killed.
+KILL_MARGIN_S_DEFAULT = 1.0
+#: Process pool: how often a waiting worker thread looks at the cancel flag.
+PROCESS_POLL_S = 0.05
 
 
 @attrs.frozen
@@ -111,15 +130,17 @@ class _Running:
     started: float  # time.monotonic()
 
 
-class ThreadPool:
+class _PoolBase:
+    """The queue, the running table and shutdown; subclasses say how a task runs."""
+
     def __init__(
         self,
         registry: HandlerRegistry,
-        workers: int = 4,
+        workers: int,
         *,
-        queue_max: int | None = None,
-        cancel_wait_s: float = CANCEL_WAIT_S_DEFAULT,
-        name: str = "beaverq-worker",
+        queue_max: int | None,
+        cancel_wait_s: float,
+        name: str,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
@@ -152,7 +173,9 @@ class ThreadPool:
         assert self._on_result is None, "start() twice"
         self._on_result = on_result
         for index in range(self._workers):
-            thread = threading.Thread(target=self._work, name=f"{self._name}-{index}", daemon=True)
+            thread = threading.Thread(
+                target=self._work, args=(index,), name=f"{self._name}-{index}", daemon=True
+            )
             self._threads.append(thread)
             thread.start()
 
@@ -202,7 +225,14 @@ class ThreadPool:
                 unfinished.append(run.task.job_id)
         self._join_until(time.monotonic() + self._cancel_wait_s)
         self.stuck_threads = [thread.name for thread in self._threads if thread.is_alive()]
+        self._after_threads()
         return unfinished
+
+    def _after_threads(self) -> None:
+        """Called by ``shutdown`` once the worker threads are joined."""
+
+    def _execute(self, index: int, task: Task, context: HandlerContext) -> Outcome:
+        raise NotImplementedError
 
     def _join_until(self, deadline: float) -> None:
         for thread in self._threads:
@@ -210,7 +240,7 @@ class ThreadPool:
 
     # -- a worker thread ----------------------------------------------------------------
 
-    def _work(self) -> None:
+    def _work(self, index: int) -> None:
         on_result = self._on_result
         assert on_result is not None
         while True:
@@ -229,7 +259,7 @@ class ThreadPool:
                 )
                 key = (task.job_id, task.attempt)
                 self._running[key] = _Running(task, context, started)
-            outcome = self._registry.run(task.handler, task.args_json, context)
+            outcome = self._execute(index, task, context)
             duration = time.monotonic() - started
             with self._lock:
                 del self._running[key]
@@ -238,3 +268,247 @@ class ThreadPool:
             if report:
                 # Outside the lock: the callback belongs to the controller.
                 on_result(TaskResult(task.job_id, task.attempt, outcome, task.worker_id, duration))
+
+
+class ThreadPool(_PoolBase):
+    """Handlers run on the worker threads themselves (the default)."""
+
+    def __init__(
+        self,
+        registry: HandlerRegistry,
+        workers: int = 4,
+        *,
+        queue_max: int | None = None,
+        cancel_wait_s: float = CANCEL_WAIT_S_DEFAULT,
+        name: str = "beaverq-worker",
+    ) -> None:
+        super().__init__(
+            registry, workers, queue_max=queue_max, cancel_wait_s=cancel_wait_s, name=name
+        )
+
+    def _execute(self, index: int, task: Task, context: HandlerContext) -> Outcome:
+        return self._registry.run(task.handler, task.args_json, context)
+
+
+# -- The process pool. -------------------------------------------------------------------
+
+
+@attrs.define
+class _Child:
+    process: subprocess.Popen[bytes]
+    to_child: IO[bytes]
+    from_child: IO[bytes]
+
+
+class ProcessPool(_PoolBase):
+    """Each worker thread drives one worker process; handlers run in the process.
+
+    A timed-out handler is really stopped: at its deadline plus ``kill_margin_s`` (time
+    for a cooperative handler to report its own timeout, and for ``shell`` to kill its
+    process group) the worker process is killed, the attempt fails with an error that
+    says so, and a fresh process takes the next task.  A process that dies while
+    running a handler (``os._exit``, a crash in C code) fails that attempt the same
+    way.  On shutdown, abandoned handlers are told to cancel, and their processes are
+    killed if they have not answered within ``kill_margin_s``; every process is
+    stopped and reaped before ``shutdown`` returns.
+
+    A worker process is ``python -m beaverq.impl.workers`` (not ``multiprocessing``,
+    which would re-import the caller's main module in every child), started in its own
+    session, and speaks JSON lines on its stdin/stdout (the handler's own stdout goes
+    to stderr).  It rebuilds the registry from ``allow_shell`` and the imported
+    modules, so every handler must come from an import
+    (``HandlerRegistry.added_directly`` must be empty).
+    """
+
+    def __init__(
+        self,
+        registry: HandlerRegistry,
+        workers: int = 4,
+        *,
+        queue_max: int | None = None,
+        cancel_wait_s: float = CANCEL_WAIT_S_DEFAULT,
+        kill_margin_s: float = KILL_MARGIN_S_DEFAULT,
+        name: str = "beaverq-process",
+    ) -> None:
+        if registry.added_directly:
+            raise ValueError(
+                "a process pool rebuilds its handlers from imports; these were added "
+                f"directly and cannot be: {', '.join(registry.added_directly)}"
+            )
+        super().__init__(
+            registry, workers, queue_max=queue_max, cancel_wait_s=cancel_wait_s, name=name
+        )
+        self._kill_margin_s = kill_margin_s
+        self._children: list[_Child | None] = [None] * workers
+        self.processes_started = 0
+        self.processes_killed = 0
+
+    def child_pids(self) -> list[int]:
+        return [child.process.pid for child in self._children if child is not None]
+
+    def _argv(self) -> list[str]:
+        argv = [sys.executable, "-m", "beaverq.impl.workers"]
+        if self._registry.allow_shell:
+            argv.append("--allow-shell")
+        for module in self._registry.imported:
+            argv += ["--import", module]
+        return argv
+
+    def _child(self, index: int) -> _Child:
+        child = self._children[index]
+        if child is not None and child.process.poll() is None:
+            return child
+        self._reap(index)
+        process = subprocess.Popen(
+            self._argv(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            # Its own session: a Ctrl-C to the runner's terminal does not reach the
+            # workers; the runner decides what a signal means and stops them itself.
+            start_new_session=True,
+            # The parent's sys.path, so modules found by the parent are found here.
+            env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p)),
+        )
+        assert process.stdin is not None and process.stdout is not None
+        child = _Child(process, process.stdin, process.stdout)
+        self._children[index] = child
+        self.processes_started += 1
+        return child
+
+    def _reap(self, index: int, *, kill: bool = False) -> None:
+        child = self._children[index]
+        if child is None:
+            return
+        self._children[index] = None
+        if kill and child.process.poll() is None:
+            # The worker leads its own process group: kill everything in it.
+            kill_process_group(child.process.pid)
+            self.processes_killed += 1
+        for stream in (child.to_child, child.from_child):
+            with contextlib.suppress(OSError):
+                stream.close()
+        child.process.wait()
+
+    def _send(self, child: _Child, message: object) -> None:
+        child.to_child.write(json.dumps(message).encode() + b"\n")
+        child.to_child.flush()
+
+    def _execute(self, index: int, task: Task, context: HandlerContext) -> Outcome:
+        request = [
+            "run",
+            task.handler,
+            task.args_json,
+            task.job_id,
+            task.attempt,
+            task.timeout_s,
+            context.deadline,  # CLOCK_MONOTONIC is one clock for every process
+        ]
+        try:
+            child = self._child(index)
+            self._send(child, request)
+        except OSError:
+            # The process died between tasks: one fresh process, one more try.
+            self._reap(index, kill=True)
+            child = self._child(index)
+            self._send(child, request)
+        kill_at = context.deadline + self._kill_margin_s
+        cancel_sent = False
+        while True:
+            if context.cancelled.is_set() and not cancel_sent:
+                with contextlib.suppress(OSError):
+                    self._send(child, ["cancel"])
+                cancel_sent = True
+                kill_at = min(kill_at, time.monotonic() + self._kill_margin_s)
+            remaining = kill_at - time.monotonic()
+            if remaining <= 0:
+                self._reap(index, kill=True)
+                why = "cancellation" if cancel_sent else "deadline"
+                return Outcome.failure(
+                    f"{task.handler}: still running {self._kill_margin_s:g} s after its "
+                    f"{why}; its worker process was killed and replaced"
+                )
+            # One task, one answer line: nothing is ever left in the reader's buffer
+            # when select says the pipe is empty.
+            readable, _, _ = select.select(
+                [child.from_child], [], [], min(remaining, PROCESS_POLL_S)
+            )
+            if not readable:
+                continue
+            line = child.from_child.readline()
+            if line:
+                ok, result_json, error = json.loads(line)
+                return Outcome(ok, result_json, error)
+            code = child.process.wait()
+            self._reap(index)
+            return Outcome.failure(
+                f"{task.handler}: its worker process died (exit status {code}) while "
+                "running it; a fresh process takes the next task"
+            )
+
+    def _after_threads(self) -> None:
+        for index, child in enumerate(self._children):
+            if child is None:
+                continue
+            with contextlib.suppress(OSError):
+                self._send(child, ["stop"])
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.process.wait(self._kill_margin_s)
+            self._reap(index, kill=True)
+
+
+def _worker_process_main(argv: list[str]) -> None:
+    """A worker process: run the tasks the parent sends, one at a time, on the main
+    thread; a reader thread takes the parent's messages, so a cancel reaches the
+    running handler's context at once."""
+    allow_shell = "--allow-shell" in argv
+    imports = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--import"]
+    # The protocol gets its own descriptors; a handler's print() goes to stderr and
+    # its input() reads nothing, so neither can corrupt the conversation.
+    to_parent = os.fdopen(os.dup(1), "wb")
+    from_parent = os.fdopen(os.dup(0), "rb")
+    os.dup2(2, 1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    registry = HandlerRegistry(allow_shell=allow_shell)
+    for module in imports:
+        registry.import_module(module)
+    tasks: queue.SimpleQueue[list[Any] | None] = queue.SimpleQueue()
+    current: list[HandlerContext] = []
+    lock = threading.Lock()
+
+    def read() -> None:
+        for line in from_parent:
+            message = json.loads(line)
+            if message[0] == "cancel":
+                with lock:
+                    for context in current:
+                        context.cancelled.set()
+            elif message[0] == "run":
+                tasks.put(message[1:])
+            else:
+                break
+        tasks.put(None)  # "stop", or the parent is gone
+
+    threading.Thread(target=read, name="beaverq-child-reader", daemon=True).start()
+    while True:
+        message = tasks.get()
+        if message is None:
+            return
+        handler, args_json, job_id, attempt, timeout_s, deadline = message
+        context = HandlerContext(
+            job_id=job_id, attempt=attempt, timeout_s=timeout_s, deadline=deadline
+        )
+        with lock:
+            current[:] = [context]
+        outcome = registry.run(handler, args_json, context)
+        with lock:
+            current.clear()
+        to_parent.write(
+            json.dumps([outcome.ok, outcome.result_json, outcome.error]).encode() + b"\n"
+        )
+        to_parent.flush()
+
+
+if __name__ == "__main__":
+    _worker_process_main(sys.argv[1:])

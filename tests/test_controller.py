@@ -43,7 +43,14 @@ from beaverq.impl.group_commit import GroupCommit
 from beaverq.impl.handlers import HandlerContext, HandlerRegistry, Outcome
 from beaverq.impl.storage import Storage
 from beaverq.impl.wal import WalFailed
-from beaverq.impl.workers import PoolClosed, PoolFull, Task, TaskResult, ThreadPool
+from beaverq.impl.workers import (
+    PoolClosed,
+    PoolFull,
+    ProcessPool,
+    Task,
+    TaskResult,
+    ThreadPool,
+)
 from beaverq.model import (
     FINISHED,
     Event,
@@ -577,6 +584,29 @@ def test_a_failed_wal_fails_the_controller_loudly(threads_checked: None) -> None
     storage, state, _report = Storage.open(fs.crash(NOTHING_UNSYNCED), DIRECTORY)
     assert state.counts.total == 1
     storage.close()
+
+
+def test_threaded_run_on_a_process_pool(tmp_path: Path, threads_checked: None) -> None:
+    pool = ProcessPool(HandlerRegistry(allow_shell=True), workers=2, kill_margin_s=0.2)
+    controller = Controller.open(
+        str(tmp_path / "data"), pool, options=ControllerOptions(tick_interval_s=0.02)
+    )
+    controller.start()
+    marker = tmp_path / "ran"
+    append_id = ["sh", "-c", f"echo $BEAVERQ_JOB_ID >> {marker}"]
+    ids = controller.enqueue_batch(
+        [{"handler": "noop"} for _ in range(20)]
+        + [{"handler": "shell", "args": {"argv": append_id}}]
+    )
+    timed_out = controller.enqueue("sleep", {"seconds": 30}, timeout_ms=100, max_attempts=1)
+    assert controller.until_idle(WAIT_S)
+    status = controller.status()
+    assert (status["completed"], status["dead"]) == (21, 1)
+    assert marker.read_text().split() == [ids[-1]]
+    assert controller.show(timed_out)["status"] == "dead"  # type: ignore[index]
+    pids = pool.child_pids()
+    assert controller.stop(grace_s=1.0) == []
+    assert pool.child_pids() == [] and pids
 
 
 # -- The original design's integration test, in process, on a real data directory. -----

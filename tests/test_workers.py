@@ -7,7 +7,10 @@ conditions allow.
 
 from __future__ import annotations
 
+import json
 import queue
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +19,14 @@ from pathlib import Path
 import pytest
 
 from beaverq.impl.handlers import HandlerContext, HandlerRegistry, Outcome
-from beaverq.impl.workers import PoolClosed, PoolFull, Task, TaskResult, ThreadPool
+from beaverq.impl.workers import (
+    PoolClosed,
+    PoolFull,
+    ProcessPool,
+    Task,
+    TaskResult,
+    ThreadPool,
+)
 
 RESULT_WAIT_S = 10.0
 
@@ -59,10 +69,22 @@ def threads_checked() -> Iterator[None]:
 
 
 def started_pool(registry: HandlerRegistry, workers: int = 2, **kwargs: object):
+    return started_pool_of(ThreadPool(registry, workers, **kwargs))  # type: ignore[arg-type]
+
+
+def started_pool_of(pool: ThreadPool | ProcessPool):
     results: queue.Queue[TaskResult] = queue.Queue()
-    pool = ThreadPool(registry, workers, **kwargs)  # type: ignore[arg-type]
     pool.start(results.put)
     return pool, results
+
+
+def process_gone(pid: int) -> bool:
+    """True once ``pid`` no longer runs (a zombie waiting to be reaped counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
 def test_runs_tasks_and_reports_each_outcome(threads_checked: None) -> None:
@@ -215,3 +237,123 @@ def test_a_handler_that_ignores_cancellation_is_reported_stuck() -> None:
         if thread.name == "beaverq-worker-0":
             thread.join(RESULT_WAIT_S)
     assert results.empty()  # its late result was dropped
+
+
+# -- The process pool. -------------------------------------------------------------------
+
+
+@pytest.fixture
+def process_handlers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> HandlerRegistry:
+    """A registry whose user handlers come from an import, as a process pool needs."""
+    (tmp_path / "pooltasks.py").write_text(
+        textwrap.dedent(
+            """
+            import os, time
+            from beaverq.impl.handlers import handler
+
+            @handler("stubborn")
+            def stubborn(args, context):
+                time.sleep(300)  # ignores its deadline and any cancel
+
+            @handler("exit")
+            def exit_now(args, context):
+                os._exit(3)
+
+            @handler("chatty")
+            def chatty(args, context):
+                print("this goes to stderr, not into the protocol")
+                return {"pid": os.getpid()}
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "pooltasks", raising=False)
+    registry = HandlerRegistry(allow_shell=True)
+    registry.import_module("pooltasks")
+    return registry
+
+
+def test_process_pool_runs_builtins_shell_and_imported_handlers(
+    threads_checked: None, process_handlers: HandlerRegistry
+) -> None:
+    pool, results = started_pool_of(ProcessPool(process_handlers, 2))
+    pool.submit(task("a", "noop"))
+    pool.submit(task("b", "shell", '{"argv": ["sh", "-c", "echo $BEAVERQ_JOB_ID"]}'))
+    got = {}
+    for _ in range(2):
+        result = results.get(timeout=RESULT_WAIT_S)
+        got[result.job_id] = result.outcome
+    assert got == {
+        "a": Outcome.success("null"),
+        "b": Outcome.success('{"exit_status":0,"stdout":"b"}'),
+    }
+    pool.submit(task("c", "chatty"))
+    outcome = results.get(timeout=RESULT_WAIT_S).outcome
+    assert outcome.ok
+    assert json.loads(outcome.result_json or "")["pid"] in pool.child_pids()
+    assert pool.shutdown(1.0) == []
+
+
+def test_process_pool_kills_and_replaces_a_handler_past_its_deadline(
+    threads_checked: None, process_handlers: HandlerRegistry
+) -> None:
+    pool, results = started_pool_of(ProcessPool(process_handlers, 1, kill_margin_s=0.2))
+    pool.submit(task("warm", "noop"))
+    results.get(timeout=RESULT_WAIT_S)
+    (old_pid,) = pool.child_pids()
+    started = time.monotonic()
+    pool.submit(task("s", "stubborn", timeout_s=0.2))
+    result = results.get(timeout=RESULT_WAIT_S)
+    assert result.outcome == Outcome.failure(
+        "stubborn: still running 0.2 s after its deadline; its worker process was killed "
+        "and replaced"
+    )
+    assert time.monotonic() - started < 5.0
+    assert pool.processes_killed == 1
+    assert process_gone(old_pid)
+    pool.submit(task("next", "noop"))
+    assert results.get(timeout=RESULT_WAIT_S).outcome.ok
+    assert pool.child_pids() != [old_pid]
+    assert pool.shutdown(1.0) == []
+
+
+def test_process_pool_survives_a_dying_handler(
+    threads_checked: None, process_handlers: HandlerRegistry
+) -> None:
+    pool, results = started_pool_of(ProcessPool(process_handlers, 1))
+    pool.submit(task("x", "exit"))
+    assert results.get(timeout=RESULT_WAIT_S).outcome == Outcome.failure(
+        "exit: its worker process died (exit status 3) while running it; a fresh process "
+        "takes the next task"
+    )
+    pool.submit(task("y", "noop"))
+    assert results.get(timeout=RESULT_WAIT_S).outcome.ok
+    assert pool.shutdown(1.0) == []
+
+
+def test_process_pool_shutdown_leaves_no_process_or_thread(
+    threads_checked: None, process_handlers: HandlerRegistry
+) -> None:
+    pool, results = started_pool_of(ProcessPool(process_handlers, 2, kill_margin_s=0.2))
+    pool.submit(task("sleeper", "sleep", '{"seconds": 300}'))
+    pool.submit(task("stuck", "stubborn"))
+    deadline = time.monotonic() + RESULT_WAIT_S
+    while len(pool.running()) < 2:
+        assert time.monotonic() < deadline
+        threading.Event().wait(0.01)
+    pids = pool.child_pids()
+    assert len(pids) == 2
+    started = time.monotonic()
+    assert sorted(pool.shutdown(grace_s=0.1)) == ["sleeper", "stuck"]
+    assert time.monotonic() - started < 5.0
+    assert pool.stuck_threads == []
+    assert all(process_gone(pid) for pid in pids)
+    assert pool.child_pids() == []
+    assert results.empty()
+
+
+def test_process_pool_needs_handlers_it_can_rebuild() -> None:
+    registry = HandlerRegistry()
+    registry.add("local", lambda args, context: None)
+    with pytest.raises(ValueError, match="added directly and cannot be: local"):
+        ProcessPool(registry, 1)
