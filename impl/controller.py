@@ -305,8 +305,13 @@ class Controller:
         self.stats = Stats()
 
         # R5: Recover, durable, before anything else.
-        outcomes, lsn, committer = self._apply(lambda now: [Recover(now_ms=now)])
-        self._wait_durable(committer, lsn)
+        try:
+            outcomes, lsn, committer = self._apply(lambda now: [Recover(now_ms=now)])
+            self._wait_durable(committer, lsn)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._committer.close()  # no flusher thread outlives a failed start
+            raise
         abandoned = outcomes[0]
         assert isinstance(abandoned, tuple)
         seconds = 0.0 if opened_at is None else time.monotonic() - opened_at
@@ -784,7 +789,11 @@ class Controller:
             ("timeout", self._timeout_loop),
             ("snapshot", self._snapshot_loop),
         ):
-            thread = threading.Thread(target=self._guarded(target), name=f"beaverq-{name}")
+            # Daemons: a program that forgets stop() can still exit, which for this
+            # queue is just a crash, and crashes are safe by design.
+            thread = threading.Thread(
+                target=self._guarded(target), name=f"beaverq-{name}", daemon=True
+            )
             self._threads.append(thread)
         for thread in self._threads:
             thread.start()
