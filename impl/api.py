@@ -1,0 +1,194 @@
+"""The Python API: the CLI's power in a few calls.
+
+    from beaverq.impl.api import open_queue
+
+    queue = open_queue("beaverq-data")
+
+    @queue.handler("add")
+    def add(args, context):
+        return args["a"] + args["b"]
+
+    queue.enqueue("add", {"a": 1, "b": 2})
+    with queue.running(workers=4) as runner:
+        runner.until_idle()
+    print(queue.status()["completed"])
+
+Every call is durable when it returns, exactly as the CLI's commands: ``enqueue``
+returns once the job is fsynced.  When no runner holds the data directory, a call
+opens it under its lock and closes it again; while a runner runs (this one, or a
+``beaverq run`` in another process) the call goes to it.  ``Runner`` is also what
+``beaverq run`` runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+from .control import ControlServer, _perform_or_fail, execute, job_request
+from .controller import Controller, ControllerOptions
+from .fs import DataDirLocked, StorageError
+from .handlers import HandlerFunction, HandlerRegistry
+from .workers import ProcessPool, ThreadPool, WorkerPool
+
+
+class RunFailed(Exception):
+    """A runner could not start (e.g. another runner holds the data directory)."""
+
+
+class Runner:
+    """A controller, its worker pool and its control socket, for one data directory."""
+
+    def __init__(
+        self,
+        data_dir: str,
+        registry: HandlerRegistry,
+        *,
+        workers: int = 4,
+        pool: str = "threads",
+        snapshot_interval_s: float = 2.0,
+    ) -> None:
+        self.data_dir = data_dir
+        self._registry = registry
+        self._workers = workers
+        self._pool_kind = pool
+        self._options = ControllerOptions(snapshot_interval_s=snapshot_interval_s)
+        self.pool: WorkerPool | None = None
+        self.controller: Controller | None = None
+        self._server: ControlServer | None = None
+
+    def start(self) -> Runner:
+        """Recover the data directory, start the loops, then serve the socket."""
+        try:
+            self.pool = (
+                ProcessPool(self._registry, self._workers)
+                if self._pool_kind == "processes"
+                else ThreadPool(self._registry, self._workers)
+            )
+            self.controller = Controller.open(self.data_dir, self.pool, options=self._options)
+        except DataDirLocked as locked:
+            raise RunFailed(f"another runner holds the data directory: {locked}") from None
+        except (OSError, StorageError, ValueError) as error:
+            raise RunFailed(f"{self.data_dir}: cannot open: {error}") from None
+        self.controller.start()
+        # Last: a client that finds the socket finds a controller that is running.
+        self._server = ControlServer(self.controller, self.data_dir)
+        try:
+            self._server.start()
+        except OSError as error:
+            self.controller.stop(0.0)
+            raise RunFailed(f"cannot serve {self._server.path}: {error}") from None
+        return self
+
+    def until_idle(self, timeout_s: float | None = None) -> bool:
+        assert self.controller is not None, "start() first"
+        return self.controller.until_idle(timeout_s)
+
+    def stop(self, grace_s: float = 10.0) -> list[str]:
+        """Graceful stop; returns the ids of the jobs returned to the queue.  The socket
+        is served during the grace (``status`` still answers; enqueues are refused)."""
+        if self.controller is None:
+            return []
+        try:
+            return self.controller.stop(grace_s)
+        finally:
+            if self._server is not None:
+                self._server.close()
+
+    def end_grace_now(self) -> None:
+        """Make a stop in progress end its grace at once (a second signal): the
+        running handlers are abandoned and told to cancel, as at the grace's end, so
+        the pool's join returns as soon as they do."""
+        pool = self.pool
+        if pool is None:
+            return
+        # The pool has no public "end the grace" yet; these are the three lines its
+        # shutdown runs when the grace ends (workers.py, _PoolBase.shutdown).
+        lock = getattr(pool, "_lock", None)
+        running = getattr(pool, "_running", None)
+        abandoned = getattr(pool, "_abandoned", None)
+        if lock is None or running is None or abandoned is None:
+            return
+        with lock:
+            for key, run in running.items():
+                abandoned.add(key)
+                run.context.cancelled.set()
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+class Queue:
+    """A data directory, and the handlers a runner started from here will run."""
+
+    def __init__(self, data_dir: str, *, allow_shell: bool = False, imports: Iterable[str] = ()):
+        self.data_dir = data_dir
+        self.registry = HandlerRegistry(allow_shell=allow_shell)
+        for module in imports:
+            self.registry.import_module(module)
+        self._runner: Runner | None = None
+        self._runner_lock = threading.Lock()
+
+    def handler(self, name: str) -> Callable[[HandlerFunction], HandlerFunction]:
+        """Register ``function(args, context)`` as handler ``name`` (a decorator)."""
+
+        def register(function: HandlerFunction) -> HandlerFunction:
+            self.registry.add(name, function)
+            return function
+
+        return register
+
+    def enqueue(self, handler: str, args: Any = None, **fields: Any) -> str:
+        """Enqueue one job; its id once durable.  ``fields`` use the CLI's names:
+        queue, id, priority, max_attempts, timeout (s), delay (s), idempotency_key."""
+        job = {"handler": handler, "args": args, **fields}
+        job_request(job)  # refuse a malformed job here, with the caller's traceback
+        job_id: str = self._call("enqueue", {"job": job})
+        return job_id
+
+    def enqueue_batch(self, jobs: Iterable[Mapping[str, Any]]) -> list[str]:
+        """Enqueue jobs (mappings with the CLI's names) with one fsync; all or nothing."""
+        ids: list[str] = self._call("enqueue_batch", {"jobs": [dict(job) for job in jobs]})
+        return ids
+
+    def status(self) -> dict[str, Any]:
+        status: dict[str, Any] = self._call("status", {})
+        return status
+
+    def run(self, *, workers: int = 4, pool: str = "threads", until_idle: bool = True) -> None:
+        """Run on this thread: until idle, or (``until_idle=False``) until interrupted."""
+        with self.running(workers=workers, pool=pool) as runner:
+            if until_idle:
+                runner.until_idle()
+            else:
+                threading.Event().wait()  # until KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def running(self, *, workers: int = 4, pool: str = "threads") -> Iterator[Runner]:
+        """Run in background threads for the ``with`` block; stop gracefully after it."""
+        runner = Runner(self.data_dir, self.registry, workers=workers, pool=pool).start()
+        with self._runner_lock:
+            self._runner = runner
+        try:
+            yield runner
+        finally:
+            with self._runner_lock:
+                self._runner = None
+            runner.stop()
+
+    def _call(self, op: str, params: Mapping[str, Any]) -> Any:
+        with self._runner_lock:
+            runner = self._runner
+        if runner is not None and runner.controller is not None:
+            return _perform_or_fail(runner.controller, op, params)  # ours: no socket
+        return execute(self.data_dir, op, params)
+
+
+def open_queue(data_dir: str, *, allow_shell: bool = False, imports: Iterable[str] = ()) -> Queue:
+    """A ``Queue`` on ``data_dir`` (created at the first enqueue)."""
+    return Queue(data_dir, allow_shell=allow_shell, imports=imports)

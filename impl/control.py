@@ -1,0 +1,428 @@
+"""The control channel: how a command reaches the queue, with or without a runner.
+
+A ``beaverq run`` holds the data directory's lock for as long as it runs, so no other
+process may open the log.  It therefore serves a Unix socket, ``control.sock`` in the
+data directory (mode 0600: the local user only), and every other command talks to
+it.  When no runner answers, the command opens the data directory itself, under the
+lock, does its work durably, and closes it.  Both paths end in the same place:
+``perform(target, op, params)``, which maps each operation to one controller method.
+
+The protocol is one JSON line each way per connection::
+
+    -> {"op": "cancel", "params": {"job_id": "j1"}}
+    <- {"ok": true, "result": "cancelled"}      or      {"ok": false, "error": "..."}
+
+An answer is sent only after what it reports is durable (the controller's R2), so a
+client that reads ``"ok": true`` for an enqueue may tell its caller the job is safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from beaverq.model import (
+    Cancel,
+    PauseQueue,
+    Rejected,
+    Requeue,
+    ResumeQueue,
+    State,
+    decide,
+    evolve,
+    initial_state,
+)
+
+from .clock import SystemClock
+from .controller import (
+    Controller,
+    ControllerFailed,
+    ControllerStopped,
+    JobRequest,
+    job_detail,
+    jobs_of,
+    status_of,
+)
+from .fs import DataDirLocked, RealFileSystem, StorageError
+from .handlers import HandlerRegistry
+from .storage import LOCK_NAME, Storage
+from .verify import verify_data_dir
+from .workers import ThreadPool
+
+SOCKET_NAME = "control.sock"
+LINE_BYTES_MAX = 256 * 1024 * 1024  # a batch of a few hundred thousand jobs fits
+#: How long a command waits for a runner that holds the lock but does not answer yet
+#: (it may still be recovering its log) before it gives up and names the holder.
+RUNNER_STARTING_WAIT_S = 5.0
+
+
+class CommandFailed(Exception):
+    """The command could not be done; the message is the one line the user sees."""
+
+
+def socket_path(data_dir: str) -> str:
+    return os.path.join(data_dir, SOCKET_NAME)
+
+
+# -- Operations: each maps to one controller method. -------------------------------------
+
+_SECONDS_FIELDS = {"timeout": "timeout_ms", "delay": "delay_ms"}
+_RENAMED_FIELDS = {"id": "job_id"}
+
+
+def job_request(fields: Mapping[str, Any]) -> JobRequest:
+    """A ``JobRequest`` from the CLI's vocabulary (flag names; seconds, not ms).
+
+    ``--max-attempts`` may be spelt ``max_attempts`` or ``max-attempts``; ``timeout``
+    and ``delay`` are seconds, turned into the model's milliseconds here."""
+    converted: dict[str, Any] = {}
+    for raw_name, value in fields.items():
+        if not isinstance(raw_name, str):
+            raise ValueError(f"field names must be strings, got {raw_name!r}")
+        name = raw_name.replace("-", "_")
+        if name in _SECONDS_FIELDS:
+            converted[_SECONDS_FIELDS[name]] = seconds_to_ms(value, name)
+        else:
+            converted[_RENAMED_FIELDS.get(name, name)] = value
+    for name in ("priority", "max_attempts"):
+        value = converted.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+    return JobRequest.from_mapping(converted)
+
+
+def seconds_to_ms(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number of seconds, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+    if value > 10**12:  # far beyond every model limit; keeps the product exact
+        raise ValueError(f"{name} is out of range: {value!r} seconds")
+    return round(value * 1000)
+
+
+def _enqueue(target: Any, params: Mapping[str, Any]) -> str:
+    job_id: str = target.enqueue_request(job_request(params["job"]))
+    return job_id
+
+
+def _enqueue_batch(target: Any, params: Mapping[str, Any]) -> list[str]:
+    jobs = params["jobs"]
+    if not isinstance(jobs, list):
+        raise ValueError("jobs must be a list")
+    ids: list[str] = target.enqueue_batch([job_request(job) for job in jobs])
+    return ids
+
+
+OPS: dict[str, Callable[[Any, Mapping[str, Any]], Any]] = {
+    "enqueue": _enqueue,
+    "enqueue_batch": _enqueue_batch,
+    "cancel": lambda target, p: target.cancel(p["job_id"]),
+    "requeue": lambda target, p: target.requeue(p["job_id"]),
+    "pause": lambda target, p: target.pause(p["queue"]),
+    "resume": lambda target, p: target.resume(p["queue"]),
+    "status": lambda target, p: target.status(),
+    "jobs": lambda target, p: target.jobs(p.get("state"), p.get("queue"), p.get("limit")),
+    "show": lambda target, p: target.show(p["job_id"]),
+}
+#: Operations that only read: without a runner they need no controller (no Recover).
+READ_OPS = frozenset({"status", "jobs", "show"})
+
+
+def perform(target: Any, op: str, params: Mapping[str, Any]) -> Any:
+    """Run one operation on a ``Controller`` (or, for reads, a ``StateView``)."""
+    function = OPS.get(op)
+    if function is None:
+        raise ValueError(f"unknown operation {op!r}")
+    if not isinstance(params, Mapping):
+        raise ValueError("params must be an object")
+    try:
+        return function(target, params)
+    except KeyError as missing:
+        raise ValueError(f"{op}: missing parameter {missing}") from None
+
+
+def answer(target: Any, line: bytes) -> dict[str, Any]:
+    """The runner's side: one request line in, one answer out; never raises for the
+    request's content (a bad request is the client's error, not the runner's)."""
+    try:
+        request = json.loads(line)
+        if not isinstance(request, dict) or not isinstance(request.get("op"), str):
+            raise ValueError('a request is {"op": ..., "params": {...}}')
+        result = perform(target, request["op"], request.get("params") or {})
+    except (Rejected, ValueError, TypeError, ControllerStopped, ControllerFailed) as error:
+        return {"ok": False, "error": str(error)}
+    return {"ok": True, "result": result}
+
+
+# -- The runner's side: serving the socket. ----------------------------------------------
+
+
+class ControlServer:
+    """Serves ``control.sock`` for one controller: an accept thread, and a thread per
+    connection (so a slow answer, e.g. an enqueue waiting for its fsync, holds up no
+    other client)."""
+
+    def __init__(self, target: Any, data_dir: str) -> None:
+        self._target = target
+        self._path = socket_path(data_dir)
+        self._listener: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._inode: int | None = None
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    def start(self) -> None:
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Bound under a temporary name and chmod-ed before it is renamed into place,
+        # so the socket is never reachable with the umask's looser mode.  A socket a
+        # crashed runner left behind is replaced by the rename (we hold the lock).
+        temporary = f"{self._path}.{os.getpid()}.tmp"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        try:
+            listener.bind(temporary)
+            os.chmod(temporary, 0o600)
+            listener.listen(64)
+            os.rename(temporary, self._path)
+        except BaseException:
+            listener.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temporary)
+            raise
+        self._inode = os.stat(self._path).st_ino
+        self._listener = listener
+        self._thread = threading.Thread(target=self._accept, name="beaverq-control", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop accepting and remove the socket (only if it is still ours)."""
+        listener, self._listener = self._listener, None
+        if listener is None:
+            return
+        with contextlib.suppress(OSError):
+            if os.stat(self._path).st_ino == self._inode:
+                os.unlink(self._path)
+        with contextlib.suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() below
+        listener.close()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _accept(self) -> None:
+        listener = self._listener
+        assert listener is not None
+        while True:
+            try:
+                connection, _address = listener.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(
+                target=self._serve, args=(connection,), name="beaverq-control-conn", daemon=True
+            ).start()
+
+    def _serve(self, connection: socket.socket) -> None:
+        with connection, connection.makefile("rwb") as stream:
+            line = stream.readline(LINE_BYTES_MAX + 1)
+            if not line:
+                return
+            if len(line) > LINE_BYTES_MAX:
+                reply: dict[str, Any] = {"ok": False, "error": "request too large"}
+            else:
+                try:
+                    reply = answer(self._target, line)
+                except Exception as error:  # a bug answering one request: say so, serve on
+                    reply = {"ok": False, "error": f"internal error: {_one_line(error)}"}
+            with contextlib.suppress(OSError):  # the client left: nothing to tell
+                stream.write(_encode(reply))
+                stream.flush()
+
+
+def _encode(message: Mapping[str, Any]) -> bytes:
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+# -- The client's side. ------------------------------------------------------------------
+
+
+def request_runner(data_dir: str, op: str, params: Mapping[str, Any]) -> tuple[bool, Any]:
+    """Ask the runner.  ``(False, None)`` when nothing listens on the socket;
+    ``(True, result)`` when it answered; ``CommandFailed`` when it refused."""
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with client:
+        try:
+            client.connect(socket_path(data_dir))
+        except (FileNotFoundError, ConnectionRefusedError):
+            return False, None
+        except OSError as error:
+            raise CommandFailed(f"{socket_path(data_dir)}: {error.strerror or error}") from None
+        with client.makefile("rwb") as stream:
+            stream.write(_encode({"op": op, "params": dict(params)}))
+            stream.flush()
+            line = stream.readline(LINE_BYTES_MAX + 1)
+    if not line:
+        # Sent, not answered: the runner stopped or crashed meanwhile.
+        raise CommandFailed(
+            f"the runner closed the connection without answering; a {op} may or may "
+            "not have taken effect (check with 'beaverq status' or 'show')"
+        )
+    reply = json.loads(line)
+    if not reply.get("ok"):
+        raise CommandFailed(str(reply.get("error")))
+    return True, reply.get("result")
+
+
+def execute(data_dir: str, op: str, params: Mapping[str, Any]) -> Any:
+    """Do ``op`` through the runner if one answers, else on the data directory itself."""
+    deadline = time.monotonic() + RUNNER_STARTING_WAIT_S
+    while True:
+        answered, result = request_runner(data_dir, op, params)
+        if answered:
+            return result
+        try:
+            return execute_locally(data_dir, op, params)
+        except DataDirLocked as locked:
+            # Someone holds the lock but no socket answers: a runner still starting
+            # (recovering), or stopping, or a process that is not a runner at all.
+            if time.monotonic() >= deadline:
+                raise CommandFailed(
+                    f"{locked}, which does not answer on {socket_path(data_dir)}"
+                ) from None
+        time.sleep(0.05)  # a runner that is recovering its log: look again shortly
+
+
+class StateView:
+    """The reads of a ``Controller``, on a state loaded without a runner."""
+
+    def __init__(self, state: Any, recovery: dict[str, Any]) -> None:
+        self._state = state
+        self._recovery = recovery
+
+    def status(self) -> dict[str, Any]:
+        return status_of(self._state) | {
+            "durable_lsn": self._state.last_lsn,
+            "recovery": self._recovery,
+            "runtime": None,  # no runner
+        }
+
+    def jobs(
+        self, status: str | None = None, queue: str | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        return jobs_of(self._state, status, queue, limit)
+
+    def show(self, job_id: str) -> dict[str, Any] | None:
+        job = self._state.jobs.get(job_id)
+        return None if job is None else job_detail(job)
+
+
+def execute_locally(data_dir: str, op: str, params: Mapping[str, Any]) -> Any:
+    """Without a runner: check ``op`` on a read-only load of the state; a read is
+    answered from it, and a change that the model accepts is then done durably by a
+    controller that holds the lock.  So a refused command (unknown job, bad number)
+    changes no byte of the data directory, not even the lock file's pid."""
+    if op not in OPS:
+        raise CommandFailed(f"unknown operation {op!r}")
+    creating = op in ("enqueue", "enqueue_batch")
+    if not os.path.isdir(data_dir) and not (creating and not os.path.exists(data_dir)):
+        # Only an enqueue creates a data directory: anything else would leave an
+        # empty one behind for a typo.
+        raise CommandFailed(f"{data_dir}: no such data directory")
+    started = time.monotonic()
+    state = _read_state(data_dir) if os.path.isdir(data_dir) else initial_state()
+    if op in READ_OPS:
+        figures = {"seconds": time.monotonic() - started, "last_lsn": state.last_lsn}
+        return _perform_or_fail(StateView(state, figures), op, params)
+    _check(state, op, params)
+    try:
+        storage, state, report = Storage.open(RealFileSystem(), data_dir)
+    except DataDirLocked:
+        raise
+    except (OSError, StorageError) as error:
+        raise CommandFailed(_one_line(error)) from None
+    # A controller with a pool that is never started: no job runs here.  Recover is
+    # decided first, as for any opener (a crashed runner's leases are abandoned).
+    pool = ThreadPool(HandlerRegistry(), workers=1)
+    try:
+        controller = Controller(storage, state, SystemClock(), pool, report=report)
+    except BaseException:
+        storage.close()
+        raise
+    try:
+        return _perform_or_fail(controller, op, params)
+    finally:
+        controller.stop(grace_s=0.0)
+
+
+def _read_state(data_dir: str) -> State:
+    """The state, read without writing anything, under the data directory's lock
+    (taken without recording our pid, and released before returning)."""
+    lock_path = os.path.join(data_dir, LOCK_NAME)
+    try:
+        descriptor = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        descriptor = None  # never opened by beaverq: nothing to race with
+    except OSError as error:
+        raise CommandFailed(f"{lock_path}: {error.strerror or error}") from None
+    try:
+        if descriptor is not None:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(descriptor, 32, 0).decode("ascii", "replace").strip()
+                raise DataDirLocked(
+                    f"{lock_path}: the data directory is in use by process {holder or 'unknown'}"
+                ) from None
+        try:
+            report = verify_data_dir(RealFileSystem(), data_dir)
+        except (OSError, StorageError) as error:
+            raise CommandFailed(f"{data_dir}: {_one_line(error)}") from None
+    finally:
+        if descriptor is not None:
+            os.close(descriptor)
+    if report.state is None:
+        raise CommandFailed(f"{data_dir}: {report.errors[0] if report.errors else 'unreadable'}")
+    return report.state
+
+
+def _check(state: State, op: str, params: Mapping[str, Any]) -> None:
+    """Decide the command(s) on ``state`` (pure): raise ``CommandFailed`` on refusal."""
+    now = SystemClock().now_ms()
+    try:
+        if op == "enqueue":
+            commands: list[Any] = [job_request(params["job"]).command(now)]
+        elif op == "enqueue_batch":
+            commands = [job_request(job).command(now) for job in params["jobs"]]
+        elif op in ("cancel", "requeue"):
+            make = Cancel if op == "cancel" else Requeue
+            commands = [make(now_ms=now, job_id=params["job_id"])]
+        else:
+            make = PauseQueue if op == "pause" else ResumeQueue
+            commands = [make(now_ms=now, queue=params["queue"])]
+        for command in commands:
+            for event in decide(state, command):
+                state = evolve(state, event)
+    except KeyError as missing:
+        raise CommandFailed(f"{op}: missing parameter {missing}") from None
+    except (Rejected, ValueError, TypeError) as error:
+        raise CommandFailed(_one_line(error)) from None
+
+
+def _perform_or_fail(target: Any, op: str, params: Mapping[str, Any]) -> Any:
+    try:
+        return perform(target, op, params)
+    except (Rejected, ValueError, TypeError, ControllerStopped, ControllerFailed) as error:
+        raise CommandFailed(_one_line(error)) from None
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
