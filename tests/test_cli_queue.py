@@ -194,6 +194,16 @@ def test_until_idle_exits_zero_once_the_jobs_are_done(tmp_path: Path) -> None:
     assert status["completed"] == 50 and status["pending"] == 0
 
 
+def test_until_idle_with_the_process_pool(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    jobs = "".join(json.dumps({"handler": "noop"}) + "\n" for _ in range(5))
+    jobs += json.dumps({"handler": "fail", "max_attempts": 1, "id": "bad"}) + "\n"
+    assert len(beaverq(data_dir, "enqueue", "--batch", "-", stdin=jobs).stdout.split()) == 6
+    beaverq(data_dir, "run", "--pool", "processes", "--workers", "2", "--until-idle")
+    status = json.loads(beaverq(data_dir, "status", "--json").stdout)
+    assert (status["completed"], status["dead"]) == (5, 1)
+
+
 def test_two_runners_the_second_fails_clearly(
     runner_factory: Callable[..., RunningRunner],
 ) -> None:
