@@ -477,9 +477,9 @@ def _add_run(subparsers: Subparsers[_Parser]) -> _Parser:
     )
     parser.add_argument(
         "--metrics-port",
-        type=_int_between(1, 65535),
+        type=_int_between(0, 65535),
         metavar="PORT",
-        help="serve Prometheus metrics on 127.0.0.1:PORT/metrics",
+        help="serve Prometheus metrics on 127.0.0.1:PORT/metrics (0: any free port)",
     )
     parser.add_argument(
         "--snapshot-interval",
@@ -531,7 +531,12 @@ def _run_run(args: argparse.Namespace) -> int:
         signals.restore()
         return _fail(str(failure))
     assert runner.controller is not None
-    stop_metrics = _start_metrics(args, runner)
+    try:
+        stop_metrics = _start_metrics(args, runner)
+    except OSError as error:
+        runner.stop(0.0)
+        signals.restore()
+        return _fail(f"--metrics-port {args.metrics_port}: {error.strerror or error}")
     try:
         print(
             f"{PROG}: running on {runner.data_dir} with {args.workers} {args.pool} workers "
@@ -616,7 +621,16 @@ def _stop_runner(runner: Any, signals: _Signals, grace_s: float) -> int:
 
 
 def _start_metrics(args: argparse.Namespace, runner: Any) -> Callable[[], None] | None:
-    return None
+    """``--metrics-port``: Prometheus text on 127.0.0.1:PORT/metrics (impl/metrics.py)."""
+    if args.metrics_port is None:
+        return None
+    from .metrics import serve_metrics
+
+    server = serve_metrics(runner.controller, args.metrics_port)
+    # The bound port: with --metrics-port 0 the system chose it.
+    print(f"{PROG}: metrics on {server.url}", file=sys.stderr, flush=True)
+    stop: Callable[[], None] = server.stop
+    return stop
 
 
 def _usage(command: str, message: str) -> int:

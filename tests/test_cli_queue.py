@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -202,6 +203,21 @@ def test_until_idle_with_the_process_pool(tmp_path: Path) -> None:
     beaverq(data_dir, "run", "--pool", "processes", "--workers", "2", "--until-idle")
     status = json.loads(beaverq(data_dir, "status", "--json").stdout)
     assert (status["completed"], status["dead"]) == (5, 1)
+
+
+def test_metrics_port_serves_prometheus_text(
+    runner_factory: Callable[..., RunningRunner],
+) -> None:
+    runner = runner_factory("--metrics-port", "0")
+    assert runner.process.stderr is not None
+    lines = [runner.process.stderr.readline() for _ in range(2)]
+    url = next(line.split("metrics on ")[1].strip() for line in lines if "metrics on" in line)
+    beaverq(runner.data_dir, "enqueue", "noop", "--id", "m1")
+    wait_until(lambda: state_of(runner.data_dir, "m1") == "completed")
+    with urllib.request.urlopen(url, timeout=WAIT_S) as response:
+        text = response.read().decode()
+    assert "queue_jobs_completed_total" in text and "queue_depth_pending" in text
+    assert runner.stop()[0] == 0
 
 
 def test_two_runners_the_second_fails_clearly(
