@@ -126,11 +126,28 @@ def whole_log(archive: WalArchive) -> list:
 
 
 def open_offline(data_dir: Path):
-    """The state as recovery sees it (no runner holds the directory)."""
-    from beaverq.impl.fs import RealFileSystem
+    """The state as recovery sees it (no runner holds the directory).
+
+    Right after a SIGKILL the data dir's flock can still be held for a moment: a
+    ``shell`` job's child caught between fork and exec shares the runner's open file
+    description of LOCK (flock locks belong to it, not to a process) until its exec
+    closes it (O_CLOEXEC).  So the lock is waited for, with a deadline."""
+    from beaverq.impl.fs import DataDirLocked, RealFileSystem
     from beaverq.impl.storage import Storage
 
-    storage, state, _report = Storage.open(RealFileSystem(), str(data_dir))
+    opened = None
+
+    def lock_free() -> bool:
+        nonlocal opened
+        try:
+            opened = Storage.open(RealFileSystem(), str(data_dir))
+        except DataDirLocked:
+            return False
+        return True
+
+    wait_for(lock_free, "the data dir's lock", timeout_s=10.0)
+    assert opened is not None
+    storage, state, _report = opened
     storage.close()
     return state
 
@@ -159,7 +176,7 @@ def test_add_100_wait_50_sigkill_restart_recover_under_3s_rest_complete(tmp_path
     data_dir = tmp_path / "data"
     archive = WalArchive(str(data_dir), str(tmp_path / "archive"))
     with Controller.open(str(data_dir), ThreadPool(HandlerRegistry(), 1)) as producer:
-        ids = producer.enqueue_batch([{"handler": "sleep", "args": {"seconds": 0.02}}] * 100)
+        ids = producer.enqueue_batch([{"handler": "sleep", "args": {"seconds": 0.05}}] * 100)
     archive.sync()
     use_cli = cli_has_run()
 
