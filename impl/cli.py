@@ -633,6 +633,28 @@ def _start_metrics(args: argparse.Namespace, runner: Any) -> Callable[[], None] 
     return stop
 
 
+# -- demo ---------------------------------------------------------------------------------
+
+
+def _add_demo(subparsers: Subparsers[_Parser]) -> _Parser:
+    # No --help of its own: every option after 'demo', --help included, goes to the
+    # demo's own parser (impl/demo.py), which documents them.
+    return subparsers.add_parser(
+        "demo",
+        add_help=False,
+        help="the whole story in under a minute: jobs, a SIGKILL, recovery, accounting",
+    )
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    argv = list(args.passed_on)
+    if getattr(args, "data_dir", None):
+        argv = ["--data-dir", args.data_dir, *argv]
+    return run_demo(argv)
+
+
 def _usage(command: str, message: str) -> int:
     print(f"{PROG} {command}: error: {message} (see '{PROG} {command} --help')", file=sys.stderr)
     return 2
@@ -668,7 +690,10 @@ COMMANDS: dict[str, Command] = {
         "pause", "stop leasing a queue's jobs", "Pause queue Q: its jobs are not leased."
     ),
     "resume": _queue_command("resume", "resume a paused queue", "Resume leasing queue Q's jobs."),
+    "demo": (_add_demo, _run_demo),
 }
+#: Commands whose unknown options are passed on to their own parser.
+PASS_ON = frozenset({"demo"})
 
 
 def build_parser() -> _Parser:
@@ -690,7 +715,11 @@ def build_parser() -> _Parser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, passed_on = parser.parse_known_args(argv)
+    if passed_on and args.command not in PASS_ON:
+        parser.error(f"unrecognized arguments: {' '.join(passed_on)}")
+    args.passed_on = passed_on
     try:
         status: int = args.run(args)
         sys.stdout.flush()
