@@ -59,9 +59,10 @@ from .workers import ThreadPool
 
 SOCKET_NAME = "control.sock"
 LINE_BYTES_MAX = 256 * 1024 * 1024  # a batch of a few hundred thousand jobs fits
-#: How long a command waits for a runner that holds the lock but does not answer yet
-#: (it may still be recovering its log) before it gives up and names the holder.
-RUNNER_STARTING_WAIT_S = 5.0
+#: How long a command waits while the lock is held and no socket answers: a runner
+#: still recovering its log, or another command holding the lock for its own short
+#: turn.  After that it gives up and names the holder.
+RUNNER_STARTING_WAIT_S = 10.0
 
 
 class CommandFailed(Exception):

@@ -220,6 +220,24 @@ def test_metrics_port_serves_prometheus_text(
     assert runner.stop()[0] == 0
 
 
+def test_concurrent_commands_without_a_runner_take_turns(tmp_path: Path) -> None:
+    """Each holds the lock only for its own command; the others wait their turn."""
+    data_dir = tmp_path / "data"
+    processes = [
+        subprocess.Popen(
+            [*CLI, "--data-dir", str(data_dir), "enqueue", "noop", "--id", f"c{n}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(4)
+    ]
+    outputs = [process.communicate(timeout=WAIT_S) for process in processes]
+    assert [process.returncode for process in processes] == [0] * 4, outputs
+    assert sorted(out for out, _err in outputs) == [f"c{n}\n" for n in range(4)]
+    assert json.loads(beaverq(data_dir, "status", "--json").stdout)["pending"] == 4
+
+
 def test_two_runners_the_second_fails_clearly(
     runner_factory: Callable[..., RunningRunner],
 ) -> None:
