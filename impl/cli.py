@@ -10,6 +10,10 @@ Exit status, for every command:
 * 0: done;
 * 1: the command ran and failed; one line on stderr says why;
 * 2: the command line is wrong; one line on stderr says what (argparse's status).
+
+The queue's commands (``enqueue`` ... ``resume``) go through ``control.execute``: to
+the runner's control socket when a ``run`` holds the data directory, else to the
+directory itself under its lock.  ``run`` is ``api.Runner`` plus signal handling.
 """
 
 from __future__ import annotations
