@@ -7,13 +7,18 @@ runs TLC on a module and a configuration in a fresh temporary directory (its
 into a ``TlcResult``: the counts, the violated invariant or property, a deadlock, a
 parse or semantic error, and the error trace as text.
 
-Nothing here knows about beaverq; the TLA+ value parser ``parse_value`` reads what TLC
-prints (records, sequences, sets, functions ``a :> x @@ b :> y``, strings, numbers,
-booleans and model values) into Python values, for the tests that compare states.
+The TLA+ value parser ``parse_value`` reads what TLC prints (records, sequences, sets,
+functions ``a :> x @@ b :> y``, strings, numbers, booleans and model values) into Python
+values, for the tests that compare states.
+
+``ci_safety_run`` is the one beaverq-specific piece: the CI safety check, run once per
+test session and shared by tests/test_tla.py (which needs its verdict) and
+tests/test_tla_conformance.py (which needs the job tables it printed).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import re
@@ -195,6 +200,24 @@ def run_tlc(
         )
         seconds = time.monotonic() - started
     return parse(command, proc.returncode, proc.stdout + proc.stderr, seconds)
+
+
+# -- The CI safety run. -------------------------------------------------------------------
+
+CI_CONFIG = "BeaverQueue.cfg"
+
+
+@functools.cache
+def ci_safety_run() -> TlcResult:
+    """TLC on ``BeaverQueue.cfg``, through ``BeaverQueueCompare.tla`` with the invariant
+    ``NewTableSeen`` added, so that the same run prints every job table it reaches."""
+    config = (TLA_DIR / CI_CONFIG).read_text() + "\nINVARIANT NewTableSeen\n"
+    return run_tlc(
+        "BeaverQueueCompare.tla",
+        CI_CONFIG,
+        files={CI_CONFIG: config},
+        sources=[TLA_DIR / "BeaverQueue.tla", TLA_DIR / "BeaverQueueCompare.tla"],
+    )
 
 
 # -- Error traces and values. -------------------------------------------------------------

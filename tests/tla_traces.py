@@ -191,6 +191,9 @@ class ModelRun:
     abandon_on_recover: bool = True
     job_ids: tuple[str, ...] = JOB_IDS
     worker_ids: tuple[str, ...] = WORKER_IDS
+    #: Called on the in-memory state after every step while the process is up, e.g.
+    #: ``beaverq.spec.invariants.check_all``: the spec/ predicates, on the same runs.
+    check: Callable[[State], None] | None = None
 
     state: State = attrs.field(init=False, factory=initial_state)
     snapshot: State = attrs.field(init=False, factory=initial_state)
@@ -211,6 +214,8 @@ class ModelRun:
     # -- Recording. -----------------------------------------------------------------
 
     def _record(self, action: str, **params: Any) -> None:
+        if self.check is not None and self.phase != "down":
+            self.check(self.state)
         step: dict[str, Any] = {"act": action}
         step.update(params)
         step.update(
@@ -516,7 +521,7 @@ def count_steps(traces: Sequence[Trace], action: str) -> int:
 
 # -- Exhaustive exploration of the model, for comparison with TLC's state space. --------
 
-#: The small scope of the comparison (tla/BeaverQueueCompare.cfg uses the same).
+#: The scope of the comparison: that of tla/BeaverQueue.cfg (a test checks they agree).
 COMPARE_JOB_IDS: tuple[str, ...] = ("a", "b")
 COMPARE_BUDGETS: tuple[int, ...] = (1, 2)
 COMPARE_REQUEUES_MAX = 1

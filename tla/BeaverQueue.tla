@@ -47,7 +47,8 @@
 (*                                                                         *)
 (* Bug selects a deliberately broken variant, so that tests can show that  *)
 (* the invariants catch it: "none" (the real design), "AckBeforeSync",     *)
-(* "NoFence", "NoLsnGuard", "NoAbandon" (see BugDescription below).        *)
+(* "NoFence", "NoLsnGuard", "NoAbandon", "WorkersSurviveCrash" (see       *)
+(* BugDescription below).                                                  *)
 (***************************************************************************)
 EXTENDS Integers, Sequences, FiniteSets, TLC
 
@@ -66,7 +67,9 @@ BugDescription == [
     AckBeforeSync |-> "the client is told 'enqueued' before the event is synced",
     NoFence       |-> "a result is accepted without checking its attempt number",
     NoLsnGuard    |-> "recovery re-applies log events the snapshot already covers",
-    NoAbandon     |-> "recovery keeps the leases of workers that died in the crash"]
+    NoAbandon     |-> "recovery keeps the leases of workers that died in the crash",
+    WorkersSurviveCrash |->
+        "workers outlive the process, and get a lease before its event is synced"]
 
 ASSUME Jobs # {} /\ Workers # {}
 ASSUME Budgets # {} /\ Budgets \subseteq Nat \ {0}
@@ -318,7 +321,8 @@ TruncateLog ==
 
 \* The process dies.  The first kept events of the tail reached the disk
 \* although no fsync returned for them; nobody was told, so acked does not
-\* grow.  Memory and workers are gone.
+\* grow.  Memory and workers are gone: workers run inside the process (see
+\* the WorkersSurviveCrash variant for why that matters).
 Crash(kept) ==
     /\ phase # "down" /\ crashes < MaxCrashes
     /\ kept \in 0..Len(tail)
@@ -326,7 +330,7 @@ Crash(kept) ==
     /\ completions' = Completed(completions, SubSeq(tail, 1, kept))
     /\ tail' = <<>>
     /\ mem' = EmptyTable
-    /\ held' = [w \in Workers |-> NoLease]
+    /\ held' = IF Bug = "WorkersSurviveCrash" THEN held ELSE [w \in Workers |-> NoLease]
     /\ phase' = "down"
     /\ crashes' = crashes + 1
     /\ UNCHANGED <<snap, acked, requeues>>
@@ -469,11 +473,12 @@ FinishedAbsorbing ==
                               SubSeq(dlog', Len(dlog) + 1, Len(dlog')))
       ]_vars
 
-\* A result is recorded only for the live attempt (spec/history.py,
-\* fenced_results).
+\* An attempt ends (a result, an expiry, an abandonment) only for the live
+\* lease (spec/history.py, fenced_results).
+AttemptEndings == {"JobCompleted", "JobFailed", "LeaseExpired", "LeaseAbandoned"}
 ResultsFenced ==
     [][\A k \in (Len(tail) + 1)..Len(tail') :
-          tail'[k].type \in {"JobCompleted", "JobFailed"} =>
+          tail'[k].type \in AttemptEndings =>
               /\ Status(tail'[k].job) = "in_flight"
               /\ tail'[k].attempt = Rec(tail'[k].job).attempt]_vars
 

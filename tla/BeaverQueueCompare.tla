@@ -9,6 +9,11 @@
 (* per-worker registers (TLCGet/TLCSet) remember what was printed; two     *)
 (* workers may both print a table, the reader takes the union.  Printing   *)
 (* tables instead of dumping states keeps the output small.                *)
+(*                                                                         *)
+(* The CI safety run is this module with BeaverQueue.cfg plus              *)
+(* "INVARIANT NewTableSeen" (tests/tla_tlc.py, ci_safety_run): one TLC run  *)
+(* checks the spec and collects the tables, in the same scope as the       *)
+(* Python search (tests/tla_traces.py, reachable_projections).             *)
 (***************************************************************************)
 EXTENDS BeaverQueue
 
