@@ -9,7 +9,9 @@
    recovery with the file and byte offset; a torn tail is cut, after its bytes
    are saved next to the segment as ``<segment>.cut-<offset>``;
 4. replay the records with ``evolve`` (the LSN guard skips what the snapshot has);
-5. continue in a fresh segment, so no byte of an old segment is ever rewritten.
+5. rename the snapshots found damaged to ``<name>.damaged`` (they must not count
+   as one of the two kept ones);
+6. continue in a fresh segment, so no byte of an old segment is ever rewritten.
 
 After that, ``append`` frames events, ``flush`` makes them durable (only then may
 anything be acknowledged), and ``take_snapshot`` writes a snapshot, rotates the
@@ -265,6 +267,7 @@ def _recover(fs: FileSystem, directory: str) -> tuple[State, WalContents, Recove
         state = evolve(state, event)
     assert state.last_lsn == contents.last_lsn, (state.last_lsn, contents.last_lsn)
     cut_copy = _cut_torn_tail(fs, directory, contents.torn_tail)
+    _set_aside_damaged_snapshots(fs, directory, [path for path, _reason in skipped])
     torn = contents.torn_tail
     report = RecoveryReport(
         snapshot_path=snapshot_path,
@@ -278,6 +281,21 @@ def _recover(fs: FileSystem, directory: str) -> tuple[State, WalContents, Recove
         temporary_files_removed=tuple(removed),
     )
     return state, contents, report
+
+
+def _set_aside_damaged_snapshots(fs: FileSystem, directory: str, paths: list[str]) -> None:
+    """Rename snapshots recovery found damaged to ``<name>.damaged``.
+
+    Runs only after recovery succeeded without them.  Kept under their own name,
+    they would count as one of the two snapshots compaction keeps, and the next
+    compaction would delete the intact older snapshot and the segments it needs
+    (tests/stateful/test_storage_crash.py, damaged snapshot not kept as fallback).
+    The bytes stay on disk for inspection.
+    """
+    for path in paths:
+        fs.rename(path, f"{path}.damaged")
+    if paths:
+        fs.fsync_dir(directory)
 
 
 def _cut_torn_tail(fs: FileSystem, directory: str, torn: TornTail | None) -> str | None:

@@ -429,10 +429,11 @@ class ProcessPool(_PoolBase):
                 )
             # One task, one answer line: nothing is ever left in the reader's buffer
             # when select says the pipe is empty.
-            readable, _, _ = select.select(
-                [child.from_child], [], [], min(remaining, PROCESS_POLL_S)
-            )
-            if not readable:
+            # poll, not select: select fails on descriptors numbered 1024 or more,
+            # which a long-lived runner (or a test session) can reach.
+            poller = select.poll()
+            poller.register(child.from_child, select.POLLIN | select.POLLHUP)
+            if not poller.poll(min(remaining, PROCESS_POLL_S) * 1000):
                 continue
             line = child.from_child.readline()
             if line:
