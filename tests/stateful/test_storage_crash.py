@@ -90,9 +90,9 @@ class StorageCrashMachine(RuleBasedStateMachine):
             segment_bytes_max=segment_bytes_max, snapshot_compression=compression
         )
         self.now_ms = 0
-        # Content of snapshot files this run has damaged (a file is intact unless its
-        # bytes are one of these).
-        self.damaged_snapshots: set[bytes] = set()
+        # The content of every snapshot file this run damaged (a file is intact unless
+        # its bytes are one of these).
+        self.damaged: set[bytes] = set()
         self.process = Process(CrashFS(sector_bytes=sector_bytes), History(), self.options)
         self._start_process()
 
@@ -320,7 +320,14 @@ class StorageCrashMachine(RuleBasedStateMachine):
         disk = self.process.disk
         snapshots = snapshot_paths(disk)
         older = snapshots[1] if len(snapshots) > 1 else None
-        if not snapshots or (older is not None and disk.read(older) in self.damaged_snapshots):
+        if (
+            not snapshots
+            or any(disk.read(path) in self.damaged for path in snapshots[:2])
+            or (older is None and self.damaged)
+        ):
+            # No snapshot; or one of the two newest is damaged already (a second rot in
+            # the same file could even undo the first); or a lone snapshot where a
+            # damaged one may have gone, so compaction may have cut the log's start.
             self._start_process()
             return
         newest = snapshots[0]
@@ -328,7 +335,7 @@ class StorageCrashMachine(RuleBasedStateMachine):
         flip = data.draw(st.integers(1, 255), label="xor")
         disk.corrupt(newest, offset, bytes([disk.read(newest)[offset] ^ flip]))
         self._reboot(disk.crash(NOTHING_UNSYNCED))
-        self.damaged_snapshots.add(self.process.disk.read(newest))
+        self.damaged.add(self.process.disk.read(newest))
         report = self._start_process()
         assert report.snapshots_skipped and report.snapshots_skipped[0][0] == newest, report
         assert report.snapshot_path == older, report
