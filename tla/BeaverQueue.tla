@@ -40,7 +40,7 @@
 (*  - any pending job may be leased (the model picks by priority, FIFO);   *)
 (*  - payloads, results, errors, queues, priorities and idempotency keys   *)
 (*    are left out, and so are retention (JobForgotten) and pausing        *)
-(*    (QueuePaused/QueueResumed), see tla/README.md;                       *)
+(*    (QueuePaused/QueueResumed), see docs/tla.md;                         *)
 (*  - one Sync makes the whole tail durable; MaxTail bounds the tail (a    *)
 (*    group commit of at most MaxTail events) and MaxLog bounds the log    *)
 (*    between checkpoints (Sync waits for Snapshot + TruncateLog).         *)
