@@ -154,7 +154,15 @@ class _Reader:
         if (previous is not None or base_lsn == self.after_lsn) and (
             header.previous_chain_crc != known_chain
         ):
-            raise WalCorrupt(path, 0, "the segment does not continue the log's chain")
+            if previous is not None:
+                raise WalCorrupt(path, 0, "the segment does not continue the log's chain")
+            raise WalCorrupt(
+                path,
+                0,
+                f"the first segment does not continue the chain at LSN {self.after_lsn} "
+                "(the snapshot's, or a new log's if there is none): the segments before "
+                "it are missing",
+            )
         first = decode_frame(data, 0, header.previous_chain_crc)
         if not isinstance(first, Record):
             raise WalCorrupt(path, 0, first.reason)
