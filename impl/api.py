@@ -29,7 +29,7 @@ from typing import Any
 
 from .control import ControlServer, _perform_or_fail, execute, job_request
 from .controller import Controller, ControllerOptions
-from .fs import DataDirLocked, StorageError
+from .fs import DataDirLocked, RealFileSystem, StorageError
 from .handlers import HandlerFunction, HandlerRegistry
 from .workers import ProcessPool, ThreadPool, WorkerPool
 
@@ -58,6 +58,8 @@ class Runner:
         self.pool: WorkerPool | None = None
         self.controller: Controller | None = None
         self._server: ControlServer | None = None
+        # Ours, so that stop() can close its files: a process may run many runners.
+        self._fs = RealFileSystem()
 
     def start(self) -> Runner:
         """Recover the data directory, start the loops, then serve the socket."""
@@ -67,10 +69,14 @@ class Runner:
                 if self._pool_kind == "processes"
                 else ThreadPool(self._registry, self._workers)
             )
-            self.controller = Controller.open(self.data_dir, self.pool, options=self._options)
+            self.controller = Controller.open(
+                self.data_dir, self.pool, fs=self._fs, options=self._options
+            )
         except DataDirLocked as locked:
+            self._fs.close()
             raise RunFailed(f"another runner holds the data directory: {locked}") from None
         except (OSError, StorageError, ValueError) as error:
+            self._fs.close()
             raise RunFailed(f"{self.data_dir}: cannot open: {error}") from None
         self.controller.start()
         # Last: a client that finds the socket finds a controller that is running.
@@ -79,6 +85,7 @@ class Runner:
             self._server.start()
         except OSError as error:
             self.controller.stop(0.0)
+            self._fs.close()
             raise RunFailed(f"cannot serve {self._server.path}: {error}") from None
         return self
 
@@ -96,6 +103,7 @@ class Runner:
         finally:
             if self._server is not None:
                 self._server.close()
+            self._fs.close()
 
     def end_grace_now(self) -> None:
         """Make a stop in progress end its grace at once (a second signal): the

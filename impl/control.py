@@ -344,24 +344,28 @@ def execute_locally(data_dir: str, op: str, params: Mapping[str, Any]) -> Any:
         figures = {"seconds": time.monotonic() - started, "last_lsn": state.last_lsn}
         return _perform_or_fail(StateView(state, figures), op, params)
     _check(state, op, params)
-    try:
-        storage, state, report = Storage.open(RealFileSystem(), data_dir)
-    except DataDirLocked:
-        raise
-    except (OSError, StorageError) as error:
-        raise CommandFailed(_one_line(error)) from None
-    # A controller with a pool that is never started: no job runs here.  Recover is
-    # decided first, as for any opener (a crashed runner's leases are abandoned).
-    pool = ThreadPool(HandlerRegistry(), workers=1)
-    try:
-        controller = Controller(storage, state, SystemClock(), pool, report=report)
-    except BaseException:
-        storage.close()
-        raise
-    try:
-        return _perform_or_fail(controller, op, params)
+    fs = RealFileSystem()
+    try:  # fs.close() last: the API calls this in long-lived processes, so no fd leaks
+        try:
+            storage, state, report = Storage.open(fs, data_dir)
+        except DataDirLocked:
+            raise
+        except (OSError, StorageError) as error:
+            raise CommandFailed(_one_line(error)) from None
+        # A controller with a pool that is never started: no job runs here.  Recover
+        # is decided first, as for any opener (a crashed runner's leases are abandoned).
+        pool = ThreadPool(HandlerRegistry(), workers=1)
+        try:
+            controller = Controller(storage, state, SystemClock(), pool, report=report)
+        except BaseException:
+            storage.close()
+            raise
+        try:
+            return _perform_or_fail(controller, op, params)
+        finally:
+            controller.stop(grace_s=0.0)
     finally:
-        controller.stop(grace_s=0.0)
+        fs.close()
 
 
 def _read_state(data_dir: str) -> State:
@@ -383,10 +387,13 @@ def _read_state(data_dir: str) -> State:
                 raise DataDirLocked(
                     f"{lock_path}: the data directory is in use by process {holder or 'unknown'}"
                 ) from None
+        fs = RealFileSystem()
         try:
-            report = verify_data_dir(RealFileSystem(), data_dir)
+            report = verify_data_dir(fs, data_dir)
         except (OSError, StorageError) as error:
             raise CommandFailed(f"{data_dir}: {_one_line(error)}") from None
+        finally:
+            fs.close()
     finally:
         if descriptor is not None:
             os.close(descriptor)
