@@ -221,14 +221,7 @@ def _segment_header(
     decoded = decode_frame(data, 0, None)
     if isinstance(decoded, FrameProblem) or decoded.kind is not RecordKind.SEGMENT_HEADER:
         reason = decoded.reason if isinstance(decoded, FrameProblem) else "no segment header"
-        if is_last and not any(
-            # As in ``_Reader._damage``, with the header's LSN (the base): a later frame
-            # of this log whose synced_lsn passes the base proves the batch that wrote
-            # the header was durable; without one, the segment start is a torn write
-            # of a batch never acknowledged (valid event frames may survive past it).
-            base_lsn < evidence.synced_lsn < evidence.lsn
-            for evidence in find_valid_frames_after(data, 0)
-        ):
+        if is_last and not find_valid_frames_after(data, 0):
             return None
         raise WalCorrupt(path, 0, reason)
     header = decode_segment_header(decoded.payload)
