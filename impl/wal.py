@@ -33,10 +33,12 @@ import posixpath
 import attrs
 
 from .fs import FileSystem, StorageError
-from .record import RecordKind, encode_frame
-from .segments import SegmentHeader, encode_segment_header, segment_name
+from .record import HEADER_BYTES, RecordKind, encode_frame, padding_for
+from .segments import SEGMENT_HEADER, SegmentHeader, encode_segment_header, segment_name
 
 SEGMENT_BYTES_MAX_DEFAULT = 64 * 1024 * 1024
+#: A segment header frame: the frame header plus the fixed-size segment header payload.
+SEGMENT_HEADER_FRAME_BYTES = HEADER_BYTES + SEGMENT_HEADER.size + padding_for(SEGMENT_HEADER.size)
 
 
 class WalFailed(StorageError):
@@ -144,18 +146,30 @@ class WalWriter:
         self._check_usable()
         current: str | None = None
         created = False
+        unsynced = False  # whether ``current`` has writes its last fsync did not cover
         try:
             for chunk in batch.chunks:
+                data = chunk.data
                 if chunk.creates:
-                    if current is not None:
+                    if current is not None and unsynced:
                         # Seal the old segment before the new one can exist.
                         self._fs.fsync(current)
                     self._fs.create(chunk.path)
-                    created = True
+                    # The header goes down, durably, before any event of the segment is
+                    # written: so a crash can never leave a torn header with event frames
+                    # after it, and a damaged header followed by valid frames is always
+                    # corruption, never a torn write (wal_reader._segment_header).
+                    self._fs.append(chunk.path, data[:SEGMENT_HEADER_FRAME_BYTES])
+                    self._fs.fsync(chunk.path)
+                    data = data[SEGMENT_HEADER_FRAME_BYTES:]
+                    created, unsynced = True, False
                 current = chunk.path
-                self._fs.append(chunk.path, chunk.data)
+                if data:
+                    self._fs.append(chunk.path, data)
+                    unsynced = True
             assert current is not None
-            self._fs.fsync(current)
+            if unsynced:
+                self._fs.fsync(current)
             if created:
                 # The new name must be durable before any event in it is acknowledged.
                 self._fs.fsync_dir(self._directory)
