@@ -24,13 +24,13 @@ log; (4) a torn tail is cut, kept aside, never applied (``sim.workload`` documen
 check).  Events after the recovered LSN are dropped from the ledger, and the process
 appends and flushes the model's ``Recover`` command, as the runtime does.
 
-Scope of the WAL bit-rot rule: rot in the last segment is injected only where a later
-frame's ``synced_lsn`` proves the damaged frame was durable (recovery must refuse), or
-in a segment header with nothing after it (recovery may refuse or cut it: nothing
-acknowledged lies behind it).  Rot in the *last batch* (a segment header included,
-when the frames after it all belong to one batch) has no such proof and cannot be told
-from a torn write: recovery may cut it.  That is the documented limit of the damage
-policy (etcd's too), not something a test can demand otherwise.
+Scope of the WAL bit-rot rule: in the last segment, rot is injected in an event frame
+only where a later frame's ``synced_lsn`` proves it durable (recovery must refuse), and
+in the segment header (refused if any frame follows it, as the header is fsynced
+before anything is written after it; alone, it may be cut as a torn segment start).
+Rot in an event of the *last batch* has no such proof and cannot be told from a torn
+write: recovery cuts it.  That is the documented limit of the damage policy (etcd's
+too), not something a test can demand otherwise.
 
 Run long with ``--hypothesis-profile=thorough`` (10,000 runs of up to 200 steps); the
 machine's memory does not grow across runs, and no step has a time limit.
@@ -274,14 +274,15 @@ class StorageCrashMachine(RuleBasedStateMachine):
             last = number == len(paths) - 1
             for position, frame in enumerate(frames):
                 later = frames[position + 1 :]
-                # A later frame whose synced_lsn reaches past the damaged frame proves
-                # it was durable (a segment header's lsn is the segment's base LSN).
-                covers = frame.lsn if frame.kind == KIND_EVENT else frame.lsn + 1
-                if not last or any(other.synced_lsn >= covers for other in later):
+                # A later frame whose synced_lsn reaches the damaged frame's LSN proves
+                # it was durable.
+                if not last or any(other.synced_lsn >= frame.lsn for other in later):
                     targets.append((path, frame, True))
-                elif not later and frame.kind != KIND_EVENT:
-                    # A header alone at the log's end: nothing acknowledged behind it.
-                    targets.append((path, frame, None))
+                elif frame.kind != KIND_EVENT:
+                    # The last segment's header is fsynced before any frame after it is
+                    # written: frames behind it prove it durable.  Alone, it may be a
+                    # torn segment start (nothing acknowledged behind it).
+                    targets.append((path, frame, True if later else None))
         if not targets:
             self._start_process()
             return
@@ -408,8 +409,9 @@ def test_a_snapshot_found_damaged_is_not_kept_as_the_fallback():
     damaged snapshot at a time, so recovery must fall back to an intact older snapshot
     and pass every check.  Found while writing the snapshot-rot rule above: compaction
     keeps the two newest snapshot *files*, the known-damaged S2 among them, and
-    deletes S1 and the segments S2 covers; the second recovery then finds no usable
-    snapshot and a log that starts after LSN 1, and refuses.
+    deleted S1 and the segments S2 covers; the second recovery then found no usable
+    snapshot and a log that starts after LSN 1, and refused.  Fixed in dcc343d
+    (snapshots found damaged are set aside).
     """
     options = StorageOptions()
     process = Process(CrashFS(), History(), options)
