@@ -227,7 +227,7 @@ class Stats:
     cancelled: int = 0  # jobs that reached CANCELLED
     expired: int = 0  # LeaseExpired
     stale_results: int = 0  # results refused by the attempt fence
-    results_refused: int = 0  # Complete refused for another reason (turned into Fail)
+    results_refused: int = 0  # a success whose result the model could not store (JobFailed)
     submits_refused: int = 0  # leases the pool would not take (their lease expires)
     snapshots: int = 0
     snapshot_seconds_last: float = 0.0
@@ -605,6 +605,7 @@ class Controller:
                             job_id=result.job_id,
                             attempt=result.attempt,
                             result_json=outcome.result_json,
+                            jitter_seed=seed,  # used if the model refuses the result
                         )
                     )
                 else:
@@ -624,21 +625,18 @@ class Controller:
                 # The fence at work: a result from a lease that is no longer live.
                 self.stats.stale_results += 1
                 return None
-            if isinstance(command, Complete):
-                # A result the model refuses (too large, not JSON) fails the attempt
-                # instead of being lost: the job's author sees why.
-                self.stats.results_refused += 1
-                return Fail(
-                    now_ms=command.now_ms,
-                    job_id=command.job_id,
-                    attempt=command.attempt,
-                    error=f"the result was refused: {rejected.rejection.detail}",
-                )
-            raise rejected  # a Fail the model refuses is a bug here: loud
+            # A result the model cannot store already failed the attempt in decide
+            # (Complete decides a JobFailed that says why); any other refusal is a
+            # bug here: loud.
+            raise rejected
 
-        self._apply(commands, fallback=fallback)
+        outcomes, _lsn, _committer = self._apply(commands, fallback=fallback)
         # No wait: nobody is answered, and a later lease's durability covers these.
         with self._lock:
+            for result, outcome in zip(results, outcomes, strict=True):
+                # A success whose Complete was decided as a failure: the result was refused.
+                if result.outcome.ok and isinstance(outcome, tuple):
+                    self.stats.results_refused += sum(isinstance(e, JobFailed) for e in outcome)
             self._lease_possible.notify()
         return len(results)
 

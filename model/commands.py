@@ -42,6 +42,9 @@ class Complete:
     job_id: str
     attempt: int
     result_json: str = "null"
+    # Used only when result_json cannot be stored: the attempt then fails, and this
+    # seeds its retry delay exactly as Fail.jitter_seed does.  In [0, 2**64 - 1].
+    jitter_seed: int = 0
 
 
 @attrs.frozen(kw_only=True)

@@ -71,6 +71,10 @@ from .validation import (
 
 E = TypeVar("E", bound=Event)
 
+#: The error of a ``JobFailed`` decided for a ``Complete`` whose result cannot be
+#: stored; the rest is the validation detail.
+RESULT_REFUSED_PREFIX = "the result was refused: "
+
 
 def decide(state: State, command: Command) -> tuple[Event, ...]:
     handler = _DECIDE[type(command)]
@@ -300,17 +304,17 @@ def _current_attempt_or_refuse(state: State, command: Complete | Fail) -> Job:
 
 def _decide_complete(state: State, command: Complete) -> tuple[Event, ...]:
     job = _current_attempt_or_refuse(state, command)
-    _refuse_if(
-        command,
-        job.job_id,
-        state,
-        check_json(
-            "result_json",
-            command.result_json,
-            limits.RESULT_JSON_BYTES_MAX,
-            "RESULT_JSON_BYTES_MAX",
-        ),
+    _refuse_if(command, job.job_id, state, _check_jitter_seed(command.jitter_seed))
+    problem = check_json(
+        "result_json", command.result_json, limits.RESULT_JSON_BYTES_MAX, "RESULT_JSON_BYTES_MAX"
     )
+    if problem is not None:
+        # The work ran but its result cannot be stored (not JSON, too large).  Refusing
+        # would leave the job in flight until its lease expires and lose the reason;
+        # the attempt fails instead, saying why (spec: semantics.md, Complete).
+        _rule, detail = problem
+        error = f"{RESULT_REFUSED_PREFIX}{detail}"
+        return (_failure(state, job, command.now_ms, error, command.jitter_seed),)
     return (
         JobCompleted(
             lsn=state.last_lsn + 1,
@@ -324,30 +328,31 @@ def _decide_complete(state: State, command: Complete) -> tuple[Event, ...]:
 
 def _decide_fail(state: State, command: Fail) -> tuple[Event, ...]:
     job = _current_attempt_or_refuse(state, command)
-    _refuse_if(
-        command,
-        job.job_id,
-        state,
-        check_range("jitter_seed", command.jitter_seed, 0, 2**64 - 1, "0..2**64-1"),
-    )
+    _refuse_if(command, job.job_id, state, _check_jitter_seed(command.jitter_seed))
     if not isinstance(command.error, str):
         raise _refuse(command, job.job_id, job, "error_invalid", "error must be a string")
-    retry_at_ms: int | None = command.now_ms + backoff_ms(
-        job.attempts_used, job.spec.backoff_base_ms, job.spec.backoff_cap_ms, command.jitter_seed
+    return (_failure(state, job, command.now_ms, command.error, command.jitter_seed),)
+
+
+def _check_jitter_seed(jitter_seed: int) -> Problem | None:
+    return check_range("jitter_seed", jitter_seed, 0, 2**64 - 1, "0..2**64-1")
+
+
+def _failure(state: State, job: Job, now_ms: int, error: str, jitter_seed: int) -> JobFailed:
+    """The live attempt of ``job`` failed with ``error``: its fate and retry time."""
+    retry_at_ms: int | None = now_ms + backoff_ms(
+        job.attempts_used, job.spec.backoff_base_ms, job.spec.backoff_cap_ms, jitter_seed
     )
-    if ending_target(job, retry_at_ms, command.now_ms) in (DEAD, CANCELLED):
+    if ending_target(job, retry_at_ms, now_ms) in (DEAD, CANCELLED):
         retry_at_ms = None
-    # A long error is cut, not refused: refusing would lose the failure itself.
-    error = truncate_utf8(command.error, limits.ERROR_BYTES_MAX)
-    return (
-        JobFailed(
-            lsn=state.last_lsn + 1,
-            at_ms=command.now_ms,
-            job_id=job.job_id,
-            attempt=job.attempt,
-            error=error,
-            retry_at_ms=retry_at_ms,
-        ),
+    return JobFailed(
+        lsn=state.last_lsn + 1,
+        at_ms=now_ms,
+        job_id=job.job_id,
+        attempt=job.attempt,
+        # A long error is cut, not refused: refusing would lose the failure itself.
+        error=truncate_utf8(error, limits.ERROR_BYTES_MAX),
+        retry_at_ms=retry_at_ms,
     )
 
 

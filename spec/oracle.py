@@ -377,10 +377,17 @@ class Oracle:
         return job
 
     def _complete(self, c: Complete) -> None:
-        # semantics.md names the job checks first, then the result: a result for a
-        # stale attempt is refused as stale whatever it holds.
+        # semantics.md names the job checks first, then the seed, then the result: a
+        # result for a stale attempt is refused as stale whatever it holds.
         job = self._live_attempt(c.job_id, c.attempt)
-        _check_json("result_json", c.result_json, limits.RESULT_JSON_BYTES_MAX, job.job_id)
+        _check_int("jitter_seed", c.jitter_seed, 0, 2**64 - 1, job.job_id)
+        try:
+            _check_json("result_json", c.result_json, limits.RESULT_JSON_BYTES_MAX, job.job_id)
+        except _Refusal:
+            # A result that cannot be stored fails the attempt, exactly as a Fail
+            # with the command's seed would (semantics.md, Complete).
+            self._fail_attempt(job, c.jitter_seed)
+            return
         self._emit("JobCompleted", job.job_id)
         # Completed even if a cancellation was requested: the work was done.
         self._finish(job, JobStatus.COMPLETED)
@@ -388,10 +395,13 @@ class Oracle:
     def _fail(self, c: Fail) -> None:
         job = self._live_attempt(c.job_id, c.attempt)  # job first, as for Complete
         _check_int("jitter_seed", c.jitter_seed, 0, 2**64 - 1, job.job_id)
-        retry_at = c.now_ms
+        self._fail_attempt(job, c.jitter_seed)
+
+    def _fail_attempt(self, job: _Job, jitter_seed: int) -> None:
+        retry_at = self._now_ms
         if self._fate_would_retry(job):
             retry_at += _backoff_ms(
-                job.attempts_used, job.backoff_base_ms, job.backoff_cap_ms, c.jitter_seed
+                job.attempts_used, job.backoff_base_ms, job.backoff_cap_ms, jitter_seed
             )
         lsn = self._emit("JobFailed", job.job_id)
         self._end_attempt(job, lsn, retry_at)

@@ -30,6 +30,7 @@ from beaverq.model import (
     Complete,
     Enqueue,
     Fail,
+    JobFailed,
     JobSpec,
     Lease,
     QueuePaused,
@@ -151,19 +152,24 @@ def test_every_event_decide_accepts_can_be_logged(text_field, commands):
     its event cannot be encoded, the queue has accepted work it cannot log.
     Python strings may hold lone surrogates (they arrive from ``surrogateescape``
     decoding of bytes, e.g. an exception message about a file name), which have
-    no UTF-8 form.  The model refuses them in JSON texts (rule ``*_invalid``, the
-    caller sees what is wrong) and replaces them with U+FFFD in error messages
-    (refusing a failure report would lose the failure itself).
+    no UTF-8 form.  The model refuses them in arguments (rule ``*_invalid``, the
+    caller sees what is wrong), fails the attempt of a result holding one (the
+    error names the field and holds no surrogate), and replaces them with U+FFFD in
+    error messages (refusing a failure report would lose the failure itself).
 
-    Method: run commands carrying a lone surrogate in the field; JSON fields must be
-    refused naming the field, an error must be accepted with the surrogate
-    replaced; every accepted event must round-trip through the codec.
+    Method: run commands carrying a lone surrogate in the field; args must be
+    refused naming the field, a result or an error must be accepted as a failure
+    without a surrogate; every accepted event must round-trip through the codec.
     """
-    if text_field == "error":
+    if text_field in ("error", "result_json"):
         events, _states = run(commands)
         assert len(events) == len(commands), "the model refused the failure report"
         last = events[-1]
-        assert "\ufffd" in last.error
+        assert isinstance(last, JobFailed)
+        if text_field == "error":
+            assert "\ufffd" in last.error
+        else:
+            assert last.error.startswith("the result was refused: result_json contains lone")
         assert not any(0xD800 <= ord(char) <= 0xDFFF for char in last.error)
         assert decode_event(encode_event(last)) == last
         return

@@ -428,6 +428,84 @@ def test_fail_decides_the_fate_and_the_retry_time(point, step_ms, seed):
         assert (after.attempt, after.attempts_used) == (job.attempt, job.attempts_used)
 
 
+@given(
+    history_points(),
+    st.deferred(lambda: bad_json(limits.RESULT_JSON_BYTES_MAX)),  # defined below
+    st.integers(0, 2**64 - 1),
+)
+def test_a_complete_whose_result_cannot_be_stored_fails_the_attempt(point, bad, seed):
+    """Goal: Complete of the live attempt with a result that is not JSON text or too
+    large is accepted as a failure: the events of a Fail with the command's seed
+    and the error "the result was refused: <detail>"; a stale one stays stale.
+
+    Method: at a reachable state, complete every in-flight job in turn (on the same
+    state) with the bad result.  The decision must equal the Fail's, field for
+    field, with the error it carries; the job's fate follows the failure rule.  The
+    same Complete for an attempt that is not live is refused ``stale_attempt``.
+    """
+    events, states, index = point
+    state = states[index]
+    result_json, _problem = bad
+    now_ms = time_of(events, index)
+    for job_id in sorted(state.in_flight):
+        job = state.jobs[job_id]
+        complete = Complete(
+            now_ms=now_ms,
+            job_id=job_id,
+            attempt=job.attempt,
+            result_json=result_json,
+            jitter_seed=seed,
+        )
+        (event,) = decide(state, complete)
+        assert isinstance(event, JobFailed), event
+        assert event.error.startswith("the result was refused: result_json")
+        fail = Fail(
+            now_ms=now_ms, job_id=job_id, attempt=job.attempt, error=event.error, jitter_seed=seed
+        )
+        assert decide(state, fail) == (event,)
+        stale = attrs.evolve(complete, attempt=job.attempt + 1)
+        assert rejection_of(state, stale).rejection.rule == "stale_attempt"
+    assert state == replay_all(events[:index])
+
+
+def test_a_refused_result_of_the_last_attempt_kills_the_job_and_a_retry_uses_the_seed():
+    """Goal: the failure decided for an unstorable result is a real failure: it
+    counts the attempt (the last one leads to dead) and its retry time is the
+    backoff drawn with Complete's seed.
+
+    Method: a job with two attempts and a backoff window of 8 ms: its first result
+    is not JSON and the seed is 3, so it retries at now + 4 + 3 % 5; its second
+    result is too large, and it is dead, with the refusal as its error.
+    """
+    state = scenario(
+        Enqueue(
+            now_ms=0,
+            handler="h",
+            job_id="a",
+            max_attempts=2,
+            backoff_base_ms=8,
+            backoff_cap_ms=8,
+        ),
+        Lease(now_ms=0, worker_id="w"),
+    )
+    (failed,), state = step(
+        state, Complete(now_ms=10, job_id="a", attempt=1, result_json="{", jitter_seed=3)
+    )
+    assert isinstance(failed, JobFailed) and failed.retry_at_ms == 10 + 4 + 3
+    assert state.jobs["a"].status is DELAYED
+    _, state = step(state, Tick(now_ms=17))
+    _, state = step(state, Lease(now_ms=17, worker_id="w"))
+    too_large = '"' + "x" * limits.RESULT_JSON_BYTES_MAX + '"'
+    (failed,), state = step(
+        state, Complete(now_ms=20, job_id="a", attempt=2, result_json=too_large)
+    )
+    job = state.jobs["a"]
+    assert isinstance(failed, JobFailed) and failed.retry_at_ms is None
+    assert (job.status, job.attempts_used, job.history[-1].outcome) == (DEAD, 2, "failed")
+    assert job.error == failed.error
+    assert job.error.startswith("the result was refused: result_json is larger than")
+
+
 @given(history_points(), st.integers(0, 200))
 def test_a_tick_expires_due_leases_and_counts_the_attempt(point, step_ms):
     """Goal: Tick ends every lease with ``expires_at <= now``, by (expiry, id), and
@@ -1001,10 +1079,10 @@ FIELD_TABLE = {
         bad_tokens(limits.WORKER_ID_BYTES_MAX),
         lambda v: Lease(now_ms=1, worker_id=v),
     ),
-    "Complete.result_json": (
-        "result_json",
-        bad_json(limits.RESULT_JSON_BYTES_MAX),
-        lambda v: Complete(now_ms=1, job_id="a", attempt=1, result_json=v),
+    "Complete.jitter_seed": (
+        "jitter_seed",
+        bad_ranges(0, 2**64 - 1),
+        lambda v: Complete(now_ms=1, job_id="a", attempt=1, jitter_seed=v),
     ),
     "Fail.jitter_seed": (
         "jitter_seed",

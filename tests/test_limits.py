@@ -11,7 +11,9 @@ from beaverq.model import (
     Enqueue,
     Event,
     Fail,
+    JobCompleted,
     JobEnqueued,
+    JobFailed,
     JobSpec,
     Lease,
     LeaseGranted,
@@ -126,13 +128,6 @@ BOUNDARIES = [
         _json_of_size(64 * 1024 + 1),
         "args_json_too_large",
     ),
-    (
-        "result_json bytes",
-        lambda v: Complete(now_ms=1, job_id="a", attempt=1, result_json=v),
-        _json_of_size(64 * 1024),
-        _json_of_size(64 * 1024 + 1),
-        "result_json_too_large",
-    ),
     ("priority max", _enqueue("priority"), 10, 11, "priority_out_of_range"),
     ("priority min", _enqueue("priority"), -10, -11, "priority_out_of_range"),
     ("max_attempts max", _enqueue("max_attempts"), 100, 101, "max_attempts_out_of_range"),
@@ -239,6 +234,26 @@ def test_each_limit_is_enforced_exactly_at_its_boundary(build, at_limit, past_li
     with pytest.raises(Rejected) as info:
         decide(IN_FLIGHT_STATE, build(past_limit))
     assert info.value.rejection.rule == rule
+
+
+def test_a_result_past_its_limit_fails_the_attempt_instead_of_being_refused():
+    """Goal: a result of exactly RESULT_JSON_BYTES_MAX (64 KiB) bytes completes the
+    job; one byte more cannot be stored, and the attempt fails saying so (a result
+    is never refused for its content: docs/semantics.md, Complete).
+
+    Method: complete the in-flight job with results at and one past the limit.
+    """
+    (done,) = decide(
+        IN_FLIGHT_STATE,
+        Complete(now_ms=1, job_id="a", attempt=1, result_json=_json_of_size(64 * 1024)),
+    )
+    assert isinstance(done, JobCompleted)
+    (failed,) = decide(
+        IN_FLIGHT_STATE,
+        Complete(now_ms=1, job_id="a", attempt=1, result_json=_json_of_size(64 * 1024 + 1)),
+    )
+    assert isinstance(failed, JobFailed)
+    assert failed.error.startswith("the result was refused: result_json is larger than 65536")
 
 
 @pytest.mark.parametrize(
