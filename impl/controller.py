@@ -18,9 +18,11 @@ after its ``LeaseGranted`` is durable (so every attempt a handler ever starts is
 the log, and a job that kills the process every time still reaches DEAD), and every
 answer (``status``, ``show``, a rejection) waits for the LSN of the state it read.
 
-**R3, bounded everywhere.**  The controller leases only for idle workers (a *slot*
-per worker), so the pool's queue never fills and the result queue, whose size is
-the number of workers, can hold every outstanding result: neither put blocks.
+**R3, bounded everywhere.**  The controller leases only into free *slots*, one per
+task the pool can hold (running or waiting), and only as many as the dispatch window
+allows (impl/dispatch_window.py: a few fsyncs ahead of the workers, never more than
+they will start soon), so the pool's queue never fills and the result queue, one
+place per slot, can hold every outstanding result: neither put blocks.
 
 **R4, snapshots see exactly the durable log.**  A snapshot pauses appends by
 holding ``_lock``, closes the group commit (which flushes and stops its flusher
@@ -84,6 +86,7 @@ from beaverq.model import (
 )
 
 from .clock import Clock, SystemClock
+from .dispatch_window import HORIZON_S_DEFAULT, DispatchWindow
 from .fs import FileSystem, RealFileSystem, StorageError
 from .group_commit import GroupCommit
 from .storage import SNAPSHOT_EVERY_EVENTS_DEFAULT, RecoveryReport, Storage, StorageOptions
@@ -212,6 +215,8 @@ class ControllerOptions:
     retention_ms: int = limits.RETENTION_MS_DEFAULT
     finished_jobs_retained_max: int = limits.FINISHED_JOBS_RETAINED_MAX_DEFAULT
     result_batch_max: int = 1_000  # results decided under one lock hold
+    # How soon a task leased ahead of the workers should start (impl/dispatch_window.py).
+    dispatch_horizon_s: float = HORIZON_S_DEFAULT
     final_snapshot: bool = True  # on stop()
     jitter_seed: int | None = None  # seeds the retry-jitter draws (None: from the OS)
 
@@ -290,6 +295,14 @@ class Controller:
         # can be made durable while the workers still run the previous ones.
         self._free_slots = [f"{runner_id}-w{index}" for index in reversed(range(pool.capacity))]
         self._busy_slots: set[str] = set()
+        # Of the slots, how many may be busy at once: one per worker, plus as many
+        # leased ahead as the workers will start soon (R2 makes every lease cost a
+        # durable append; leasing ahead shares one fsync among many).
+        self._window = DispatchWindow(
+            workers=pool.workers,
+            capacity=pool.capacity,
+            horizon_s=self._options.dispatch_horizon_s,
+        )
         # R3: one result per outstanding task, at most one task per slot (+1: the
         # result loop's stop sentinel).
         self._results: queue.Queue[object] = queue.Queue(maxsize=pool.capacity + 1)
@@ -591,6 +604,7 @@ class Controller:
                 if result.worker_id in self._busy_slots:
                     self._busy_slots.discard(result.worker_id)
                     self._free_slots.append(result.worker_id)
+                self._window.observe(result.duration_s)
             seeds = [self._rng.getrandbits(64) for _ in results]  # in result order
 
         def commands(now: int) -> list[Command]:
@@ -657,9 +671,11 @@ class Controller:
     def _dispatch_once(self) -> int:
         """Lease a job for each idle worker; hand them over once the leases are durable."""
         with self._lock:
-            if self._stopping or not self._free_slots:
+            allowed = self._leases_allowed()
+            if self._stopping or allowed <= 0:
                 return 0
-            slots = list(self._free_slots)  # only this thread takes slots
+            # Only this thread takes slots; the most recently freed first.
+            slots = self._free_slots[-allowed:]
         tasks: list[Task] = []
 
         def take_slots(outcomes: Sequence[object], state: State) -> None:
@@ -703,8 +719,12 @@ class Controller:
                     self._free_slots.append(task.worker_id)
         return len(tasks)
 
+    def _leases_allowed(self) -> int:
+        """Free slots inside the dispatch window (under the lock)."""
+        return min(len(self._free_slots), self._window.size() - len(self._busy_slots))
+
     def _can_lease(self) -> bool:
-        return bool(self._free_slots) and next_ready_job(self._state) is not None
+        return self._leases_allowed() > 0 and next_ready_job(self._state) is not None
 
     def snapshot(self) -> str:
         """R4: take a snapshot of exactly the durable log; return its path."""

@@ -15,7 +15,9 @@ Bounded by construction (the original design's pitfall: "use bounded buffers, or
 non-blocking puts with a clear policy when full"):
 
 * at most ``workers`` handlers run at once (one per thread);
-* at most ``workers + queue_max`` tasks are held (running or waiting to start);
+* at most ``workers + queue_max`` tasks are held (running or waiting to start;
+  ``queue_max`` defaults to ``QUEUE_MAX_DEFAULT``, room for the controller's
+  dispatch window, impl/dispatch_window.py);
   ``submit`` never blocks: a full pool raises :class:`PoolFull`, and the caller
   keeps the task (the controller never gets there: it holds one slot per task the
   pool can hold, and frees a slot only when that task's result arrives).
@@ -71,6 +73,9 @@ CANCEL_WAIT_S_DEFAULT = 5.0
 KILL_MARGIN_S_DEFAULT = 1.0
 #: Process pool: how often a waiting worker thread looks at the cancel flag.
 PROCESS_POLL_S = 0.05
+#: Tasks that may wait to start, beyond one per worker.  Room to lease a few fsyncs
+#: ahead for short jobs; how much of it is used is the dispatch window's call.
+QUEUE_MAX_DEFAULT = 256
 
 
 @attrs.frozen
@@ -146,14 +151,16 @@ class _PoolBase:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self._registry = registry
         self._workers = workers
-        self._queue_max = workers if queue_max is None else queue_max
+        self._queue_max = QUEUE_MAX_DEFAULT if queue_max is None else queue_max
         if self._queue_max < 1:
             raise ValueError(f"queue_max must be >= 1, got {self._queue_max}")
         self._cancel_wait_s = cancel_wait_s
         self._name = name
         self._lock = threading.Lock()
         self._work_ready = threading.Condition(self._lock)
-        self._queue: deque[Task] = deque()
+        # Each waiting task with the time it was handed over: its lease was granted
+        # just before, so its timeout counts from then, not from when it starts.
+        self._queue: deque[tuple[Task, float]] = deque()
         self._running: dict[tuple[str, int], _Running] = {}
         self._abandoned: set[tuple[str, int]] = set()
         self._closed = False
@@ -191,7 +198,7 @@ class _PoolBase:
                     f"the pool holds {self.capacity} tasks (workers + queue_max): "
                     f"{len(self._running)} running, {len(self._queue)} waiting"
                 )
-            self._queue.append(task)
+            self._queue.append((task, time.monotonic()))
             self._work_ready.notify()
 
     def running(self) -> list[tuple[str, int, float]]:
@@ -213,7 +220,7 @@ class _PoolBase:
         deadline = time.monotonic() + max(0.0, grace_s)
         with self._lock:
             self._closed = True
-            unfinished = [task.job_id for task in self._queue]
+            unfinished = [task.job_id for task, _submitted in self._queue]
             self._queue.clear()
             self._work_ready.notify_all()
         self._join_until(deadline)
@@ -249,13 +256,15 @@ class _PoolBase:
                     self._work_ready.wait()
                 if self._closed:
                     return
-                task = self._queue.popleft()
+                task, submitted = self._queue.popleft()
                 started = time.monotonic()
                 context = HandlerContext(
                     job_id=task.job_id,
                     attempt=task.attempt,
                     timeout_s=task.timeout_s,
-                    deadline=started + task.timeout_s,
+                    # From the handover, like the lease: a handler never gets more
+                    # time than its lease, however long the task waited.
+                    deadline=submitted + task.timeout_s,
                 )
                 key = (task.job_id, task.attempt)
                 self._running[key] = _Running(task, context, started)

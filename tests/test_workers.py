@@ -338,7 +338,9 @@ def test_process_pool_shutdown_leaves_no_process_or_thread(
     pool.submit(task("sleeper", "sleep", '{"seconds": 300}'))
     pool.submit(task("stuck", "stubborn"))
     deadline = time.monotonic() + RESULT_WAIT_S
-    while len(pool.running()) < 2:
+    # A task counts as running just before its worker starts (or reuses) a process:
+    # wait for both processes too, or the check below races their start.
+    while len(pool.running()) < 2 or len(pool.child_pids()) < 2:
         assert time.monotonic() < deadline
         threading.Event().wait(0.01)
     pids = pool.child_pids()
