@@ -100,6 +100,17 @@ _RETRY_STATUSES = (JobStatus.PENDING, JobStatus.DELAYED)
 _STOP = object()  # the result loop's sentinel
 
 
+class ControllerObserver(Protocol):
+    """What happens, told as it happens (the metrics are one observer).  Both calls
+    come from the controller's threads without its lock held; neither may block."""
+
+    def result_received(self, result: TaskResult) -> None:
+        """A worker reported how an attempt ended (before the fence judges it)."""
+
+    def batch_durable(self, events: int, seconds: float) -> None:
+        """One group-commit batch is durable: its size, and its write + fsync time."""
+
+
 class ControllerStopped(Exception):
     """The controller is stopping or stopped: it takes no more commands."""
 
@@ -111,7 +122,15 @@ class ControllerFailed(Exception):
 # -- Committers: how appended events become durable. -------------------------------------
 
 
+BatchCallback = Callable[[int, float], None]
+
+
 class Committer(Protocol):
+    #: Told of each durable batch: (events in it, seconds to write and fsync it).  The
+    #: controller sets it, to tell its observers; it must not take the controller's
+    #: lock (a snapshot holds that lock while it waits for the batch in progress).
+    on_batch: BatchCallback | None
+
     def append(self, events: Iterable[Event]) -> int: ...
 
     def wait_durable(self, lsn: int, timeout_s: float | None = None) -> None: ...
@@ -129,6 +148,7 @@ class InlineCommit:
     def __init__(self, storage: Storage) -> None:
         self._storage = storage
         self._lock = threading.Lock()
+        self.on_batch: BatchCallback | None = None
 
     def append(self, events: Iterable[Event]) -> int:
         with self._lock:
@@ -138,11 +158,19 @@ class InlineCommit:
     def wait_durable(self, lsn: int, timeout_s: float | None = None) -> None:
         with self._lock:
             if self._storage.durable_lsn < lsn:
-                self._storage.flush()
+                self._flush()
 
     def close(self) -> None:
         with self._lock:
-            self._storage.flush()
+            self._flush()
+
+    def _flush(self) -> None:
+        durable_before = self._storage.durable_lsn
+        started = time.perf_counter()
+        self._storage.flush()
+        events = self._storage.durable_lsn - durable_before
+        if events and self.on_batch is not None:
+            self.on_batch(events, time.perf_counter() - started)
 
 
 CommitterFactory = Callable[[Storage], Committer]
@@ -290,7 +318,9 @@ class Controller:
             # (in_flight_max_reached) while the dispatcher sees an idle slot.
             raise ValueError(f"pool capacity must be in 1..IN_FLIGHT_MAX, got {pool.capacity}")
         self._state = state
-        self._committer: Committer = self._committer_factory(storage)
+        # Copied on write (add_observer), so readers iterate without the lock.
+        self._observers: tuple[ControllerObserver, ...] = ()
+        self._committer: Committer = self._new_committer()
         # A slot per task the pool can hold (running or waiting), so that a lease
         # can be made durable while the workers still run the previous ones.
         self._free_slots = [f"{runner_id}-w{index}" for index in reversed(range(pool.capacity))]
@@ -593,12 +623,31 @@ class Controller:
 
     # -- The four loops' bodies (shared by step() and the threads). -------------------------
 
+    # -- Observers. ---------------------------------------------------------------------------
+
+    def add_observer(self, observer: ControllerObserver) -> None:
+        """Tell ``observer`` of every later result and durable batch."""
+        with self._lock:
+            self._observers = (*self._observers, observer)
+
+    def _new_committer(self) -> Committer:
+        committer = self._committer_factory(self._storage)
+        committer.on_batch = self._batch_durable
+        return committer
+
+    def _batch_durable(self, events: int, seconds: float) -> None:
+        for observer in self._observers:
+            observer.batch_durable(events, seconds)
+
     def _on_result(self, result: TaskResult) -> None:
         """The pool's callback, on a worker thread: never blocks (R3)."""
         self._results.put_nowait(result)
 
     def _process_results(self, results: Sequence[TaskResult]) -> int:
         """The result loop's body: Complete/Fail for each; stale ones are counted."""
+        for observer in self._observers:  # outside the lock, as promised
+            for result in results:
+                observer.result_received(result)
         with self._lock:
             for result in results:
                 if result.worker_id in self._busy_slots:
@@ -741,7 +790,7 @@ class Controller:
         try:
             path = self._storage.take_snapshot(self._state)
         finally:
-            self._committer = self._committer_factory(self._storage)
+            self._committer = self._new_committer()
         self._events_since_snapshot = 0
         self._last_snapshot_at = self._clock.monotonic()
         self.stats.snapshots += 1

@@ -289,11 +289,8 @@ def runner_main(argv: Sequence[str]) -> int:
         signal.signal(signum, lambda *_: stop.set())
     registry = HandlerRegistry()
     registry.import_module(DEMO_MODULE)
-    metrics = Metrics()
-    controller = Controller.open(
-        data_dir, ThreadPool(registry, workers), committer_factory=metrics.committer_factory()
-    )
-    metrics.attach(controller)
+    controller = Controller.open(data_dir, ThreadPool(registry, workers))
+    metrics = Metrics(controller)
     server = serve_metrics(metrics, port)
     try:
         controller.start()

@@ -40,7 +40,9 @@ class GroupCommit:
         self._events_max = events_max
         self._delay_s = delay_s
         self._clock = clock
-        self._on_batch = on_batch  # (events in batch, seconds to write and fsync it)
+        # (events in the batch, seconds to write and fsync it), on the flusher thread
+        # once the batch is durable.  Public: the controller sets it (Committer).
+        self.on_batch = on_batch
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._first_pending_at: float | None = None
@@ -115,8 +117,9 @@ class GroupCommit:
             with self._lock:
                 self._storage.complete_batch(batch)
                 self._changed.notify_all()
-            if self._on_batch is not None:
-                self._on_batch(batch.events, seconds)
+            on_batch = self.on_batch
+            if on_batch is not None:
+                on_batch(batch.events, seconds)
 
     def _next_batch(self) -> Batch | None:
         """Wait (holding the lock) until a batch is due; None when closing with nothing left."""

@@ -8,11 +8,11 @@ Two kinds of figures, read in two ways so that nothing is counted twice:
   event exactly once, under its lock, as it appends it; this module only *reads*
   those numbers when Prometheus asks, so there is no second count to drift.
 * **Observed as they happen** (histograms): a histogram needs every observation,
-  which a scrape cannot rebuild, so three small hooks feed them:
+  which a scrape cannot rebuild, so :class:`Metrics` is a ``ControllerObserver``
+  (``Controller.add_observer``) and is told of:
 
-  - job durations: each result the pool reports carries ``duration_s``;
-  - WAL batches: :class:`~beaverq.impl.group_commit.GroupCommit` calls ``on_batch``
-    with the batch's event count and its write+fsync seconds.
+  - job results: each result the pool reports carries ``duration_s``;
+  - durable WAL batches: the batch's event count and its write+fsync seconds.
 
 The names of the original design are kept exactly (queue_jobs_dispatched_total,
 queue_jobs_completed_total, queue_jobs_retried_total, queue_jobs_dead_total,
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import http.server
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Histogram
@@ -39,7 +39,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 if TYPE_CHECKING:
-    from .controller import CommitterFactory, Controller
+    from .controller import Controller
     from .workers import TaskResult
 
 # Buckets: jobs range from a no-op (microseconds) to long sleeps and timeouts.
@@ -84,19 +84,17 @@ _STATES = ("pending", "delayed", "in_flight", "completed", "dead", "cancelled")
 
 
 class Metrics:
-    """The metrics of one controller: its registry, its histograms, its hooks.
+    """The metrics of one controller: its registry, its histograms, and an observer.
 
-    Usage, for a runner that builds its own controller (every hook in place from the
-    first event)::
+    Usage::
 
-        metrics = Metrics()
-        controller = Controller.open(dir, pool, committer_factory=metrics.committer_factory())
-        metrics.attach(controller)          # before controller.start()
+        controller = Controller.open(dir, pool)
+        metrics = Metrics(controller)       # before controller.start(): sees everything
         stop = serve_metrics(metrics, port)
 
-    ``serve_metrics(controller, port)`` does ``Metrics(controller)`` for you; attached
-    that late it still sees everything read on scrape and every later WAL batch and
-    job result (see :meth:`attach`).
+    ``serve_metrics(controller, port)`` does ``Metrics(controller)`` for you.  Counters
+    and gauges are read from the controller on scrape; the histograms (job durations,
+    WAL batches) see what happens after :meth:`attach`.
     """
 
     def __init__(self, controller: Controller | None = None) -> None:
@@ -124,74 +122,27 @@ class Metrics:
         if controller is not None:
             self.attach(controller)
 
-    # -- The observations (any thread; none takes the controller's lock). ------------------
+    # -- The observations: a ControllerObserver (impl/controller.py). -------------------------
 
-    def observe_result(self, result: TaskResult) -> None:
+    def result_received(self, result: TaskResult) -> None:
         self.job_duration.observe(max(0.0, result.duration_s))
 
-    def observe_batch(self, events: int, seconds: float) -> None:
-        """GroupCommit's ``on_batch``: runs on the flusher thread, after the batch is
-        durable.  It must not take the controller's lock: a snapshot holds that lock
-        while it closes the group commit and waits for this very thread."""
+    def batch_durable(self, events: int, seconds: float) -> None:
+        """Runs on the group commit's flusher thread, after the batch is durable.  It
+        must not take the controller's lock: a snapshot holds that lock while it
+        closes the group commit and waits for this very thread."""
         self.wal_fsync.observe(max(0.0, seconds))
         self.wal_batch_events.observe(events)
-
-    def committer_factory(
-        self, events_max: int = 1_000, delay_s: float = 0.002
-    ) -> CommitterFactory:
-        """``group_commit_factory`` with ``on_batch`` wired to :meth:`observe_batch`."""
-        from .group_commit import GroupCommit
-
-        def make(storage: Any) -> GroupCommit:
-            return GroupCommit(
-                storage, events_max=events_max, delay_s=delay_s, on_batch=self.observe_batch
-            )
-
-        return make
 
     # -- Attaching to a controller. --------------------------------------------------------
 
     def attach(self, controller: Controller) -> None:
-        """Read ``controller`` on scrape, and hook its job results and WAL batches.
-
-        The controller has no observer API yet, so the two hooks below wrap private
-        attributes, on this one instance, without changing what they do:
-
-        * ``_process_results`` (the result loop's body, looked up on every batch) is
-          wrapped to observe each result's ``duration_s`` first.  It is called
-          outside the controller's lock (it takes the lock itself).
-        * ``_committer_factory`` (called at every snapshot for the next group commit)
-          is wrapped to set ``on_batch``; the group commit in use now gets it too.
-
-        A controller built with :meth:`committer_factory` is left as it is.
-        """
+        """Read ``controller`` on scrape, and observe its job results and WAL batches
+        from now on (``Controller.add_observer``)."""
         if self._controller is not None:
             raise ValueError("these metrics are already attached to a controller")
         self._controller = controller
-        original_process = controller._process_results
-
-        def process_results(results: Sequence[TaskResult]) -> int:
-            for result in results:
-                self.observe_result(result)
-            return original_process(results)
-
-        controller._process_results = process_results  # type: ignore[method-assign]
-
-        original_factory = controller._committer_factory
-
-        def factory(storage: Any) -> Any:
-            committer = original_factory(storage)
-            self._hook_committer(committer)
-            return committer
-
-        controller._committer_factory = factory
-        self._hook_committer(controller._committer)
-
-    def _hook_committer(self, committer: object) -> None:
-        # GroupCommit reads ``_on_batch`` for every batch, so setting it takes effect
-        # from the next batch; an InlineCommit (deterministic runs) has no batches.
-        if hasattr(committer, "_on_batch") and committer._on_batch is None:
-            committer._on_batch = self.observe_batch
+        controller.add_observer(self)
 
     @property
     def controller(self) -> Controller | None:

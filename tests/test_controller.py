@@ -283,6 +283,37 @@ def test_a_late_result_is_fenced_and_counted() -> None:
     world.check()
 
 
+class Recorder:
+    """A ControllerObserver that keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.results: list[tuple[str, int]] = []
+        self.batches: list[tuple[int, float]] = []
+
+    def result_received(self, result: TaskResult) -> None:
+        self.results.append((result.job_id, result.attempt))
+
+    def batch_durable(self, events: int, seconds: float) -> None:
+        self.batches.append((events, seconds))
+
+
+def test_an_observer_is_told_of_every_result_and_every_durable_event() -> None:
+    world = World(workers=2)
+    recorder = Recorder()
+    world.controller.add_observer(recorder)
+    durable_before = world.storage.durable_lsn
+    for _ in range(5):
+        world.enqueue()
+    world.drain()
+    assert sorted(recorder.results) == [(job_id, 1) for job_id in sorted(world.ids)]
+    # Every event made durable since, in batches of at least one, each timed.
+    assert (
+        sum(events for events, _ in recorder.batches) == world.storage.durable_lsn - durable_before
+    )
+    assert all(events >= 1 and seconds >= 0 for events, seconds in recorder.batches)
+    world.check()
+
+
 def test_failure_retries_with_backoff_then_dies() -> None:
     world = World()
     job_id = world.enqueue(max_attempts=2, backoff_base_ms=100, backoff_cap_ms=100)

@@ -348,13 +348,8 @@ def campaign_runner(argv: list[str]) -> int:
     data_dir, acks_path, effects_path, seed, port, mode = argv
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    metrics = Metrics()
-    controller = Controller.open(
-        data_dir,
-        ThreadPool(HandlerRegistry(allow_shell=True), 4),
-        committer_factory=metrics.committer_factory(),
-    )
-    metrics.attach(controller)
+    controller = Controller.open(data_dir, ThreadPool(HandlerRegistry(allow_shell=True), 4))
+    metrics = Metrics(controller)
     server = serve_metrics(metrics, int(port))
     controller.start()
     acks_lock = threading.Lock()

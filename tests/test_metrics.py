@@ -84,14 +84,10 @@ def running(tmp_path) -> Iterator[tuple[Controller, str]]:
     threads_before = set(threading.enumerate())
     registry = HandlerRegistry()
     pool = ThreadPool(registry, 4)
-    metrics = Metrics()
     controller = Controller.open(
-        str(tmp_path / "data"),
-        pool,
-        options=ControllerOptions(snapshot_interval_s=0.2),
-        committer_factory=metrics.committer_factory(),
+        str(tmp_path / "data"), pool, options=ControllerOptions(snapshot_interval_s=0.2)
     )
-    metrics.attach(controller)
+    metrics = Metrics(controller)
     server = serve_metrics(metrics, 0)
     controller.start()
     try:
