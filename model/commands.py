@@ -57,6 +57,16 @@ class Fail:
 
 
 @attrs.frozen(kw_only=True)
+class Release:
+    """Give the live attempt back unfinished, e.g. when a graceful shutdown's grace
+    period ends with its handler still running.  The attempt does not count."""
+
+    now_ms: int
+    job_id: str
+    attempt: int
+
+
+@attrs.frozen(kw_only=True)
 class Tick:
     """Let time pass: expire leases, release due delayed jobs, forget old finished jobs."""
 
@@ -99,13 +109,24 @@ class Recover:
 
 
 Command = (
-    Enqueue | Lease | Complete | Fail | Tick | Cancel | Requeue | PauseQueue | ResumeQueue | Recover
+    Enqueue
+    | Lease
+    | Complete
+    | Fail
+    | Release
+    | Tick
+    | Cancel
+    | Requeue
+    | PauseQueue
+    | ResumeQueue
+    | Recover
 )
 COMMAND_TYPES: tuple[type[Command], ...] = (
     Enqueue,
     Lease,
     Complete,
     Fail,
+    Release,
     Tick,
     Cancel,
     Requeue,

@@ -30,6 +30,7 @@ from .commands import (
     Lease,
     PauseQueue,
     Recover,
+    Release,
     Requeue,
     ResumeQueue,
     Tick,
@@ -47,6 +48,7 @@ from .events import (
     JobRequeued,
     LeaseExpired,
     LeaseGranted,
+    LeaseReleased,
     QueuePaused,
     QueueResumed,
 )
@@ -283,21 +285,22 @@ def _decide_lease(state: State, command: Lease) -> tuple[Event, ...]:
 # -- Results: the attempt fence. --------------------------------------------------------
 
 
-def _current_attempt_or_refuse(state: State, command: Complete | Fail) -> Job:
+def _current_attempt_or_refuse(state: State, command: Complete | Fail | Release) -> Job:
     job = _job_or_refuse(state, command, command.job_id)
     # An attempt number is an integer: True or 1.0 must not pass for attempt 1.  Any
     # integer that is not the live attempt is simply stale.
     _refuse_if(command, job.job_id, state, check_integer("attempt", command.attempt))
     if job.status is not IN_FLIGHT or command.attempt != job.attempt:
-        # A result from any lease but the live one is stale: accepting it could
-        # complete a job twice or resurrect a finished one (spec: fenced results).
+        # A result (or a release) from any lease but the live one is stale: accepting
+        # it could complete a job twice, resurrect a finished one, or hand back a
+        # lease someone else now holds (spec: fenced results).
         live = f"live attempt is {job.attempt}" if job.status is IN_FLIGHT else "no live lease"
         raise _refuse(
             command,
             job.job_id,
             job,
             "stale_attempt",
-            f"result for attempt {command.attempt}; {live}",
+            f"{type(command).__name__} for attempt {command.attempt}; {live}",
         )
     return job
 
@@ -353,6 +356,20 @@ def _failure(state: State, job: Job, now_ms: int, error: str, jitter_seed: int) 
         # A long error is cut, not refused: refusing would lose the failure itself.
         error=truncate_utf8(error, limits.ERROR_BYTES_MAX),
         retry_at_ms=retry_at_ms,
+    )
+
+
+def _decide_release(state: State, command: Release) -> tuple[Event, ...]:
+    job = _current_attempt_or_refuse(state, command)
+    # The fence is not rolled back: a late result of this attempt stays stale.  The
+    # budget is (evolve gives the attempt back), so no release can lead to DEAD.
+    return (
+        LeaseReleased(
+            lsn=state.last_lsn + 1,
+            at_ms=command.now_ms,
+            job_id=job.job_id,
+            attempt=job.attempt,
+        ),
     )
 
 
@@ -502,6 +519,7 @@ _DECIDE: dict[type[Any], Callable[[State, Any], tuple[Event, ...]]] = {
     Lease: _decide_lease,
     Complete: _decide_complete,
     Fail: _decide_fail,
+    Release: _decide_release,
     Tick: _decide_tick,
     Cancel: _decide_cancel,
     Requeue: _decide_requeue,

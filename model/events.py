@@ -84,6 +84,17 @@ class LeaseAbandoned:
 
 
 @attrs.frozen(kw_only=True)
+class LeaseReleased:
+    """The runtime gave the live attempt back unfinished (graceful shutdown): the job
+    is ready again and the attempt does not count against ``max_attempts``."""
+
+    lsn: int
+    at_ms: int
+    job_id: str
+    attempt: int
+
+
+@attrs.frozen(kw_only=True)
 class CancelRequested:
     lsn: int
     at_ms: int
@@ -133,6 +144,7 @@ JobEvent = (
     | JobFailed
     | LeaseExpired
     | LeaseAbandoned
+    | LeaseReleased
     | CancelRequested
     | JobCancelled
     | JobRequeued
@@ -149,6 +161,7 @@ JOB_EVENT_TYPES: tuple[type[JobEvent], ...] = (
     JobFailed,
     LeaseExpired,
     LeaseAbandoned,
+    LeaseReleased,
     CancelRequested,
     JobCancelled,
     JobRequeued,

@@ -38,6 +38,7 @@ from .events import (
     LeaseAbandoned,
     LeaseExpired,
     LeaseGranted,
+    LeaseReleased,
     QueuePaused,
     QueueResumed,
 )
@@ -200,6 +201,19 @@ def _apply_lease_abandoned(state: State, job: Job | None, event: LeaseAbandoned)
     return _end_unsuccessfully(state, job, event, "abandoned", error, event.at_ms)
 
 
+def _apply_lease_released(state: State, job: Job | None, event: LeaseReleased) -> State:
+    assert job is not None
+    # The attempt was counted when leased (_apply_lease_granted); a released one was
+    # given back unfinished, so it is uncounted: releases alone never make a job
+    # DEAD.  The fence ``attempt`` stays, so the released worker's result is stale.
+    assert job.attempts_used >= 1, job
+    restored = replace_fields(job, attempts_used=job.attempts_used - 1)
+    error = f"lease released: attempt {event.attempt} was handed back unfinished"
+    # Cancelled if a cancellation was requested, else ready at once: ending_target on
+    # the restored budget (which never says DEAD, as attempts_used < max_attempts).
+    return _end_unsuccessfully(state, restored, event, "released", error, event.at_ms)
+
+
 def _apply_cancel_requested(state: State, job: Job | None, event: CancelRequested) -> State:
     assert job is not None
     assert not job.cancel_requested, job
@@ -240,6 +254,7 @@ _APPLY: dict[type[Any], Callable[[State, Job | None, Any], State]] = {
     JobFailed: _apply_job_failed,
     LeaseExpired: _apply_lease_expired,
     LeaseAbandoned: _apply_lease_abandoned,
+    LeaseReleased: _apply_lease_released,
     CancelRequested: _apply_cancel_requested,
     JobCancelled: _apply_job_cancelled,
     JobRequeued: _apply_job_requeued,
@@ -267,7 +282,7 @@ def ending_target(job: Job, retry_at_ms: int | None, at_ms: int) -> JobStatus:
 def _end_unsuccessfully(
     state: State,
     job: Job,
-    event: JobFailed | LeaseExpired | LeaseAbandoned,
+    event: JobFailed | LeaseExpired | LeaseAbandoned | LeaseReleased,
     outcome: str,
     error: str,
     retry_at_ms: int | None,

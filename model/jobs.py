@@ -42,7 +42,7 @@ class AttemptRecord:
     leased_at_ms: int
     expires_at_ms: int
     ended_at_ms: int | None = None
-    outcome: str | None = None  # "completed" | "failed" | "expired" | "abandoned"
+    outcome: str | None = None  # "completed" | "failed" | "expired" | "abandoned" | "released"
     error: str | None = None
 
 

@@ -60,6 +60,8 @@ TRANSITIONS: dict[tuple[JobStatus, str], frozenset[JobStatus]] = {
     (IN_FLIGHT, "JobFailed"): _ATTEMPT_ENDED | {DELAYED},
     (IN_FLIGHT, "LeaseExpired"): _ATTEMPT_ENDED,
     (IN_FLIGHT, "LeaseAbandoned"): _ATTEMPT_ENDED,
+    # NB: a released attempt does not count, so it never exhausts the budget: no DEAD.
+    (IN_FLIGHT, "LeaseReleased"): frozenset({PENDING, CANCELLED}),
     (IN_FLIGHT, "CancelRequested"): frozenset({IN_FLIGHT}),
     (PENDING, "JobCancelled"): frozenset({CANCELLED}),
     (DELAYED, "JobCancelled"): frozenset({CANCELLED}),

@@ -42,6 +42,7 @@ from beaverq.model.events import (
     LeaseAbandoned,
     LeaseExpired,
     LeaseGranted,
+    LeaseReleased,
     QueuePaused,
     QueueResumed,
 )
@@ -57,7 +58,7 @@ StateProperty = Callable[[Sequence[Event], Sequence[State]], list[str]]
 MESSAGES_PER_PROPERTY_MAX = 10
 
 # The events that end an attempt; each must carry the attempt of the live lease.
-_ATTEMPT_ENDINGS = (JobCompleted, JobFailed, LeaseExpired, LeaseAbandoned)
+_ATTEMPT_ENDINGS = (JobCompleted, JobFailed, LeaseExpired, LeaseAbandoned, LeaseReleased)
 
 
 def job_id_of(event: Event) -> str | None:
@@ -107,11 +108,11 @@ def completion_recorded_at_most_once_per_job(events: Sequence[Event]) -> list[st
 
 
 def fenced_results(events: Sequence[Event]) -> list[str]:
-    """Every ``JobCompleted``, ``JobFailed``, ``LeaseExpired`` and ``LeaseAbandoned``
-    carries the attempt of the job's preceding ``LeaseGranted``, and ends that lease:
-    one ending per lease.  And each lease's attempt is the previous one + 1 (1 for a
-    job enqueued in this history).  This is the fence: a late result of an earlier
-    lease can never be taken for the current one."""
+    """Every ``JobCompleted``, ``JobFailed``, ``LeaseExpired``, ``LeaseAbandoned`` and
+    ``LeaseReleased`` carries the attempt of the job's preceding ``LeaseGranted``, and
+    ends that lease: one ending per lease.  And each lease's attempt is the previous
+    one + 1 (1 for a job enqueued in this history).  This is the fence: a late result
+    of an earlier lease can never be taken for the current one."""
     found: list[str] = []
     # Per job: the attempt of its last lease, and whether that lease is still open.
     # A job absent from ``leases`` has no lease seen yet in this history.
@@ -142,7 +143,7 @@ def _lease_problems(event: LeaseGranted, lease: tuple[int, bool] | None) -> list
 
 
 def _ending_problems(
-    event: JobCompleted | JobFailed | LeaseExpired | LeaseAbandoned,
+    event: JobCompleted | JobFailed | LeaseExpired | LeaseAbandoned | LeaseReleased,
     lease: tuple[int, bool] | None,
 ) -> list[str]:
     if lease is None:

@@ -64,6 +64,7 @@ TRIGGERS: tuple[str, ...] = (
     "JobFailed",
     "LeaseExpired",
     "LeaseAbandoned",
+    "LeaseReleased",
     "CancelRequested",
     "JobCancelled",
     "JobRequeued",
@@ -120,6 +121,10 @@ _DECLARATIONS: list[TransitionConfigDict] = [
     _edge("LeaseAbandoned", IN_FLIGHT, CANCELLED),
     _edge("LeaseAbandoned", IN_FLIGHT, DEAD),
     _edge("LeaseAbandoned", IN_FLIGHT, PENDING),
+    # Release: the attempt is given back uncounted, so never dead; cancelled if a
+    # cancellation was requested, else pending at once.
+    _edge("LeaseReleased", IN_FLIGHT, CANCELLED),
+    _edge("LeaseReleased", IN_FLIGHT, PENDING),
     # Cancel of an in-flight job: the job stays in flight, flagged.
     _edge("CancelRequested", IN_FLIGHT, IN_FLIGHT),
     # Cancel of a job no worker holds.

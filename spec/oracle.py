@@ -40,6 +40,7 @@ from beaverq.model.commands import (
     Lease,
     PauseQueue,
     Recover,
+    Release,
     Requeue,
     ResumeQueue,
     Tick,
@@ -243,6 +244,8 @@ class Oracle:
             self._complete(command)
         elif isinstance(command, Fail):
             self._fail(command)
+        elif isinstance(command, Release):
+            self._release(command)
         elif isinstance(command, Tick):
             self._tick(command)
         elif isinstance(command, Cancel):
@@ -405,6 +408,22 @@ class Oracle:
             )
         lsn = self._emit("JobFailed", job.job_id)
         self._end_attempt(job, lsn, retry_at)
+
+    def _release(self, c: Release) -> None:
+        # The same fence as a result: only the live attempt may be given back.
+        job = self._live_attempt(c.job_id, c.attempt)
+        lsn = self._emit("LeaseReleased", job.job_id)
+        # The attempt is handed back uncounted; the fence (job.attempt) stays, so the
+        # released worker's late result is stale.
+        job.attempts_used -= 1
+        job.lease_expires_at_ms = None
+        if job.cancel_requested:
+            self._finish(job, JobStatus.CANCELLED)
+        else:
+            # Ready at once, at the end of its FIFO, as after any return to pending.
+            job.status = JobStatus.PENDING
+            job.ready_at_ms = self._now_ms
+            job.ready_lsn = lsn
 
     def _tick(self, c: Tick) -> None:
         # NOT in semantics.md (seen in model/decide.py after this oracle was written;

@@ -41,6 +41,7 @@ from beaverq.model import (
     PauseQueue,
     Recover,
     Rejected,
+    Release,
     Requeue,
     ResumeQueue,
     State,
@@ -115,6 +116,7 @@ _KINDS = (
     + ["lease"] * 5
     + ["complete"] * 2
     + ["fail"] * 3
+    + ["release"]
     + ["tick"] * 3
     + ["cancel"] * 2
     + ["requeue"]
@@ -122,7 +124,16 @@ _KINDS = (
     + ["resume"]
     + ["recover"]
 )
-_MORE_WITH_LEASES = ["complete", "fail", "fail", "cancel", "cancel", "recover", "recover"]
+_MORE_WITH_LEASES = [
+    "complete",
+    "fail",
+    "fail",
+    "release",
+    "cancel",
+    "cancel",
+    "recover",
+    "recover",
+]
 _MORE_WITH_DEAD = ["requeue", "requeue"]
 _UNFINISHED = (JobStatus.PENDING, JobStatus.DELAYED, JobStatus.IN_FLIGHT)
 
@@ -285,12 +296,14 @@ def _draw_command(draw: st.DrawFn, state: State | None, now_ms: int) -> Command:
         return _draw_enqueue(draw, now_ms)
     if kind == "lease":
         return Lease(now_ms=now_ms, worker_id=_pick(draw, WORKERS))
-    if kind in ("complete", "fail"):
+    if kind in ("complete", "fail", "release"):
         in_flight = [] if state is None else list(state.in_flight)
         job_id = _job_id(draw, state, in_flight)
         attempt = _attempt(draw, state, job_id)
         if kind == "complete":
             return Complete(now_ms=now_ms, job_id=job_id, attempt=attempt, result_json="1")
+        if kind == "release":
+            return Release(now_ms=now_ms, job_id=job_id, attempt=attempt)
         return Fail(
             now_ms=now_ms,
             job_id=job_id,

@@ -47,11 +47,13 @@ from beaverq.model import (
     Lease,
     LeaseExpired,
     LeaseGranted,
+    LeaseReleased,
     PauseQueue,
     QueuePaused,
     QueueResumed,
     Recover,
     Rejected,
+    Release,
     Requeue,
     ResumeQueue,
     State,
@@ -337,11 +339,11 @@ def test_lease_skips_paused_queues_and_delayed_jobs():
 
 @given(history_points(), st.data())
 def test_a_result_for_any_attempt_but_the_live_one_is_stale(point, data):
-    """Goal: Complete/Fail with any attempt other than the live one is refused.
+    """Goal: Complete/Fail/Release with any attempt other than the live one is refused.
 
     Method: at a reachable state with jobs, pick a job and an attempt number that
-    is not the live one (any number when the job is not in flight).  Complete and
-    Fail are both rejected with ``stale_attempt``, naming the job and its status;
+    is not the live one (any number when the job is not in flight).  Complete,
+    Fail and Release are all rejected with ``stale_attempt``, naming the job and its status;
     the state still equals the same log replayed afresh.
     """
     events, states, index = point
@@ -355,6 +357,7 @@ def test_a_result_for_any_attempt_but_the_live_one_is_stale(point, data):
     for command in (
         Complete(now_ms=now_ms, job_id=job_id, attempt=attempt),
         Fail(now_ms=now_ms, job_id=job_id, attempt=attempt, error="late"),
+        Release(now_ms=now_ms, job_id=job_id, attempt=attempt),
     ):
         rejection = rejection_of(state, command).rejection
         assert (rejection.rule, rejection.job_id, rejection.status) == (
@@ -504,6 +507,125 @@ def test_a_refused_result_of_the_last_attempt_kills_the_job_and_a_retry_uses_the
     assert (job.status, job.attempts_used, job.history[-1].outcome) == (DEAD, 2, "failed")
     assert job.error == failed.error
     assert job.error.startswith("the result was refused: result_json is larger than")
+
+
+@given(history_points(), st.integers(0, 200))
+def test_a_release_gives_the_attempt_back_uncounted_and_keeps_the_fence(point, step_ms):
+    """Goal: Release of the live attempt: the job is pending again (cancelled if a
+    cancellation was requested) with the attempts used before its lease, the fence
+    unchanged, the attempt recorded as "released"; a pending job re-enters at the
+    end of its ready FIFO; and the released attempt's late results are stale.
+
+    Method: at a reachable state, release every in-flight job in turn (on the same
+    state) and compare with the rule computed from the job's fields.  Then, on the
+    state after the release, Complete, Fail and Release of the same attempt must be
+    refused ``stale_attempt``.
+    """
+    events, states, index = point
+    state = states[index]
+    now_ms = time_of(events, index) + step_ms
+    for job_id in sorted(state.in_flight):
+        job = state.jobs[job_id]
+        command = Release(now_ms=now_ms, job_id=job_id, attempt=job.attempt)
+        (event,) = decide(state, command)
+        assert isinstance(event, LeaseReleased)
+        assert (event.job_id, event.attempt, event.at_ms) == (job_id, job.attempt, now_ms)
+        after_state = replay(state, (event,))
+        after = after_state.jobs[job_id]
+        # attempts_used was counted at the lease: it is back to its value before it.
+        assert after.attempts_used == job.attempts_used - 1
+        assert after.attempt == job.attempt
+        assert (after.history[-1].attempt, after.history[-1].outcome) == (job.attempt, "released")
+        assert after.history[-1].ended_at_ms == now_ms
+        if job.cancel_requested:
+            assert after.status is CANCELLED
+        else:
+            assert after.status is PENDING
+            assert (after.ready_lsn, after.ready_at_ms) == (event.lsn, now_ms)
+            # Last of its FIFO: every other pending job of its queue and priority was
+            # ready before it.
+            peers = [
+                other
+                for other in after_state.jobs.values()
+                if other.status is PENDING
+                and (other.spec.queue, other.spec.priority) == (job.spec.queue, job.spec.priority)
+            ]
+            assert max(peers, key=lambda other: other.ready_lsn) is after
+        for late in (
+            Complete(now_ms=now_ms, job_id=job_id, attempt=job.attempt),
+            Fail(now_ms=now_ms, job_id=job_id, attempt=job.attempt, error="late"),
+            Release(now_ms=now_ms, job_id=job_id, attempt=job.attempt),
+        ):
+            assert rejection_of(after_state, late).rejection.rule == "stale_attempt"
+
+
+def test_a_late_result_of_a_released_attempt_is_stale_even_when_the_job_is_leased_again():
+    """Goal: after a release the next lease is attempt n+1 (the fence is not rolled
+    back), so the released handler's result, arriving while the new attempt runs,
+    is refused and cannot complete the job; the new attempt's result is accepted.
+
+    Method: a scripted run: lease (attempt 1), release, lease again (attempt 2);
+    Complete of attempt 1 is stale; Complete of attempt 2 completes the job, with
+    one counted attempt.
+    """
+    state = scenario(
+        Enqueue(now_ms=0, handler="h", job_id="a", max_attempts=1),
+        Lease(now_ms=0, worker_id="w1"),
+        Release(now_ms=1, job_id="a", attempt=1),
+    )
+    assert (state.jobs["a"].status, state.jobs["a"].attempts_used) == (PENDING, 0)
+    (granted,), state = step(state, Lease(now_ms=2, worker_id="w2"))
+    assert isinstance(granted, LeaseGranted) and granted.attempt == 2
+    late = Complete(now_ms=3, job_id="a", attempt=1, result_json='"old"')
+    rejection = rejection_of(state, late).rejection
+    assert (rejection.rule, rejection.status) == ("stale_attempt", "in_flight")
+    _, state = step(state, Complete(now_ms=4, job_id="a", attempt=2, result_json='"new"'))
+    job = state.jobs["a"]
+    assert (job.status, job.result_json, job.attempts_used) == (COMPLETED, '"new"', 1)
+    assert [record.outcome for record in job.history] == ["released", "completed"]
+
+
+@given(max_attempts=st.integers(1, 4), extra=st.integers(0, 5))
+def test_a_job_released_any_number_of_times_never_dies(max_attempts, extra):
+    """Goal: releases never use up the budget: a job released max_attempts + 5
+    times is pending after each release, never dead; its attempts still count when
+    they fail afterwards.
+
+    Method: lease and release max_attempts + 5 times (attempts_used back to 0 each
+    time, the fence counting every lease); then fail max_attempts times (zero
+    backoff): dead exactly at the last one.  ``extra`` leading failures (fewer than
+    the budget) first show that a release restores the count they left, not 0.
+    """
+    failures_first = min(extra, max_attempts - 1)
+    state = scenario(
+        Enqueue(
+            now_ms=0,
+            handler="h",
+            job_id="a",
+            max_attempts=max_attempts,
+            backoff_base_ms=0,
+            backoff_cap_ms=0,
+        )
+    )
+    attempt = 0
+    for _ in range(failures_first):
+        _, state = step(state, Lease(now_ms=0, worker_id="w"))
+        attempt += 1
+        _, state = step(state, Fail(now_ms=0, job_id="a", attempt=attempt, error="e"))
+    for _ in range(max_attempts + 5):
+        _, state = step(state, Lease(now_ms=0, worker_id="w"))
+        attempt += 1
+        assert state.jobs["a"].attempts_used == failures_first + 1
+        (released,), state = step(state, Release(now_ms=0, job_id="a", attempt=attempt))
+        assert isinstance(released, LeaseReleased)
+        job = state.jobs["a"]
+        assert (job.status, job.attempt, job.attempts_used) == (PENDING, attempt, failures_first)
+    for used in range(failures_first + 1, max_attempts + 1):
+        _, state = step(state, Lease(now_ms=0, worker_id="w"))
+        attempt += 1
+        _, state = step(state, Fail(now_ms=0, job_id="a", attempt=attempt, error="e"))
+        assert state.jobs["a"].status is (DEAD if used == max_attempts else PENDING)
+    assert state.jobs["a"].attempt == max_attempts + max_attempts + 5
 
 
 @given(history_points(), st.integers(0, 200))
@@ -669,10 +791,10 @@ def test_cancel_acts_by_the_jobs_status(point):
             assert decided == ()
 
 
-@given(st.sampled_from(["complete", "fail", "expire", "recover"]), st.integers(1, 3))
+@given(st.sampled_from(["complete", "fail", "expire", "recover", "release"]), st.integers(1, 3))
 def test_a_cancellation_requested_in_flight_takes_effect_at_the_result(ending, max_attempts):
     """Goal: an in-flight job whose cancellation was requested keeps running; its
-    next Fail, expiry or abandonment makes it cancelled, a Complete completed.
+    next Fail, expiry, abandonment or release makes it cancelled, a Complete completed.
 
     Method: enqueue, lease, cancel (CancelRequested; a second cancel emits nothing),
     then end the attempt in the drawn way and check the final status (whatever
@@ -690,12 +812,16 @@ def test_a_cancellation_requested_in_flight_takes_effect_at_the_result(ending, m
         "fail": Fail(now_ms=2, job_id="a", attempt=1, error="x"),
         "expire": Tick(now_ms=5),
         "recover": Recover(now_ms=2),
+        "release": Release(now_ms=2, job_id="a", attempt=1),
     }[ending]
     ended, state = step(state, command)
     assert len(ended) == 1
     if isinstance(ended[0], JobFailed):
         assert ended[0].retry_at_ms is None
     assert state.jobs["a"].status is (COMPLETED if ending == "complete" else CANCELLED)
+    if ending == "release":
+        # Cancelled, and the released attempt still does not count.
+        assert (state.jobs["a"].attempt, state.jobs["a"].attempts_used) == (1, 0)
 
 
 # -- Pause and resume. ------------------------------------------------------------------
@@ -1111,6 +1237,11 @@ FIELD_TABLE = {
         bad_tokens(limits.JOB_ID_BYTES_MAX),
         lambda v: Fail(now_ms=1, job_id=v, attempt=1, error="x"),
     ),
+    "Release.job_id": (
+        "job_id",
+        bad_tokens(limits.JOB_ID_BYTES_MAX),
+        lambda v: Release(now_ms=1, job_id=v, attempt=1),
+    ),
     "Cancel.job_id": (
         "job_id",
         bad_tokens(limits.JOB_ID_BYTES_MAX),
@@ -1129,6 +1260,7 @@ VALID_COMMANDS = {
     "Lease": Lease(now_ms=1, worker_id="w"),
     "Complete": Complete(now_ms=1, job_id="a", attempt=1),
     "Fail": Fail(now_ms=1, job_id="a", attempt=1, error="x"),
+    "Release": Release(now_ms=1, job_id="a", attempt=1),
     "Tick": Tick(now_ms=1),
     "Cancel": Cancel(now_ms=1, job_id="a"),
     "Requeue": Requeue(now_ms=1, job_id="a"),
@@ -1184,6 +1316,7 @@ JOB_ID_COMMANDS = {
     "Enqueue": lambda v: Enqueue(now_ms=1, handler="h", job_id=v),
     "Complete": lambda v: Complete(now_ms=1, job_id=v, attempt=1),
     "Fail": lambda v: Fail(now_ms=1, job_id=v, attempt=1, error="x"),
+    "Release": lambda v: Release(now_ms=1, job_id=v, attempt=1),
     "Cancel": lambda v: Cancel(now_ms=1, job_id=v),
     "Requeue": lambda v: Requeue(now_ms=1, job_id=v),
 }

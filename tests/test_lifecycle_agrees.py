@@ -45,6 +45,7 @@ from beaverq.model import (
     PauseQueue,
     Recover,
     Rejected,
+    Release,
     Requeue,
     ResumeQueue,
     State,
@@ -105,9 +106,9 @@ _ILLEGAL_PAIRS = [
 
 
 def test_illegal_pairs_are_most_pairs() -> None:
-    """Guards the next test against being vacuous: 7 states x 11 triggers, 14 legal."""
+    """Guards the next test against being vacuous: 7 states x 12 triggers, 15 legal."""
     assert len(_ILLEGAL_PAIRS) == len(STATES) * len(TRIGGERS) - len(TRANSITIONS)
-    assert len(TRANSITIONS) == 14
+    assert len(TRANSITIONS) == 15
 
 
 @pytest.mark.parametrize(("status", "trigger"), _ILLEGAL_PAIRS)
@@ -242,6 +243,14 @@ def _every_edge_scenario() -> list[Command]:
         Lease(now_ms=50, worker_id="w"),
         Cancel(now_ms=50, job_id="f"),
         Recover(now_ms=50),
+        # h: released back to pending (even on its last attempt), then released
+        # with a cancellation requested: cancelled.
+        Enqueue(now_ms=55, handler="h", job_id="h", max_attempts=1),
+        Lease(now_ms=55, worker_id="w"),
+        Release(now_ms=55, job_id="h", attempt=1),
+        Lease(now_ms=55, worker_id="w"),
+        Cancel(now_ms=55, job_id="h"),
+        Release(now_ms=55, job_id="h", attempt=2),
         # g: dead at once; then everything finished is forgotten.
         Enqueue(now_ms=60, handler="h", job_id="g", max_attempts=1),
         Lease(now_ms=60, worker_id="w"),
@@ -271,7 +280,7 @@ def test_scenario_walks_every_edge_through_the_model() -> None:
 _KINDS = (
     *["enqueue"] * 4,
     *["lease"] * 4,
-    *["complete", "fail", "fail", "tick", "tick", "cancel"],
+    *["complete", "fail", "fail", "release", "tick", "tick", "cancel"],
     *["requeue", "pause", "resume", "recover"],
 )
 
@@ -322,13 +331,15 @@ def _command_for(step: Step, state: State, now_ms: int) -> Command | None:
         )
     if step.kind == "lease":
         return Lease(now_ms=now_ms, worker_id="w")
-    if step.kind in ("complete", "fail"):
+    if step.kind in ("complete", "fail", "release"):
         job_id = _pick(list(state.in_flight), step.pick)
         if job_id is None:
             return None
         attempt = jobs[job_id].attempt
         if step.kind == "complete":
             return Complete(now_ms=now_ms, job_id=job_id, attempt=attempt)
+        if step.kind == "release":
+            return Release(now_ms=now_ms, job_id=job_id, attempt=attempt)
         return Fail(
             now_ms=now_ms, job_id=job_id, attempt=attempt, error="e", jitter_seed=step.number
         )

@@ -43,6 +43,7 @@ from beaverq.model import (
     QueueResumed,
     Recover,
     Rejected,
+    Release,
     Requeue,
     ResumeQueue,
     State,
@@ -289,6 +290,13 @@ class ModelVsOracle(RuleBasedStateMachine):
                 jitter_seed=seed,
             )
         )
+
+    @rule(dt=small_dt, data=st.data())
+    def release(self, dt: int, data: st.DataObject) -> None:
+        # A graceful shutdown hands a running job back; a stale one is refused.
+        job_id = self.pick_job(data, JobStatus.IN_FLIGHT)
+        attempt = self.pick_attempt(data, job_id)
+        self.run(Release(now_ms=self.advance(dt), job_id=job_id, attempt=attempt))
 
     @rule(
         dt=st.one_of(small_dt, st.sampled_from([10_000, 10**6])),
