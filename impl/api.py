@@ -109,20 +109,8 @@ class Runner:
         """Make a stop in progress end its grace at once (a second signal): the
         running handlers are abandoned and told to cancel, as at the grace's end, so
         the pool's join returns as soon as they do."""
-        pool = self.pool
-        if pool is None:
-            return
-        # The pool has no public "end the grace" yet; these are the three lines its
-        # shutdown runs when the grace ends (workers.py, _PoolBase.shutdown).
-        lock = getattr(pool, "_lock", None)
-        running = getattr(pool, "_running", None)
-        abandoned = getattr(pool, "_abandoned", None)
-        if lock is None or running is None or abandoned is None:
-            return
-        with lock:
-            for key, run in running.items():
-                abandoned.add(key)
-                run.context.cancelled.set()
+        if self.pool is not None:
+            self.pool.end_grace()
 
     def __enter__(self) -> Runner:
         return self

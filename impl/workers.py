@@ -127,6 +127,10 @@ class WorkerPool(Protocol):
 
     def shutdown(self, grace_s: float) -> list[str]: ...
 
+    def end_grace(self) -> None:
+        """During ``shutdown``: end the grace now (a second signal), as if it ran out."""
+        ...
+
 
 @attrs.define
 class _Running:
@@ -163,6 +167,10 @@ class _PoolBase:
         self._queue: deque[tuple[Task, float]] = deque()
         self._running: dict[tuple[str, int], _Running] = {}
         self._abandoned: set[tuple[str, int]] = set()
+        # Abandoned by end_grace: unfinished, even if the handler returns (unreported)
+        # before shutdown looks at what is still running.
+        self._given_up: set[tuple[str, int]] = set()
+        self._grace_over = False
         self._closed = False
         self._threads: list[threading.Thread] = []
         self._on_result: ResultCallback | None = None
@@ -217,9 +225,10 @@ class _PoolBase:
 
     def shutdown(self, grace_s: float) -> list[str]:
         """Stop; return the ids of the jobs that did not finish (see module doc)."""
-        deadline = time.monotonic() + max(0.0, grace_s)
         with self._lock:
             self._closed = True
+            # A second signal may come before the stop reaches the pool.
+            deadline = time.monotonic() + (0.0 if self._grace_over else max(0.0, grace_s))
             unfinished = [task.job_id for task, _submitted in self._queue]
             self._queue.clear()
             self._work_ready.notify_all()
@@ -229,11 +238,29 @@ class _PoolBase:
                 # Upholds: a job listed as unfinished never reports a result.
                 self._abandoned.add(key)
                 run.context.cancelled.set()
-                unfinished.append(run.task.job_id)
+                if key not in self._given_up:
+                    unfinished.append(run.task.job_id)
+            for key in self._given_up:
+                unfinished.append(key[0])
         self._join_until(time.monotonic() + self._cancel_wait_s)
         self.stuck_threads = [thread.name for thread in self._threads if thread.is_alive()]
         self._after_threads()
         return unfinished
+
+    def end_grace(self) -> None:
+        """End a shutdown's grace at once: every running handler is abandoned and told
+        to cancel, exactly as when the grace runs out, so ``shutdown`` returns as soon
+        as they stop.  Called before ``shutdown``, it makes that shutdown's grace zero."""
+        with self._lock:
+            self._grace_over = True
+            if not self._closed:
+                return
+            for key, run in self._running.items():
+                # Upholds, as in shutdown: a job listed as unfinished never reports.
+                self._abandoned.add(key)
+                self._given_up.add(key)
+                run.context.cancelled.set()
+        # The worker threads return once their handlers do, which ends shutdown's join.
 
     def _after_threads(self) -> None:
         """Called by ``shutdown`` once the worker threads are joined."""

@@ -118,6 +118,9 @@ class FakePool:
         self.running.clear()
         return unfinished
 
+    def end_grace(self) -> None:
+        """Nothing to end: this pool's shutdown never waits."""
+
 
 class RecordingCommit(InlineCommit):
     """InlineCommit that also keeps every appended event (in LSN order: appends are

@@ -359,3 +359,48 @@ def test_process_pool_needs_handlers_it_can_rebuild() -> None:
     registry.add("local", lambda args, context: None)
     with pytest.raises(ValueError, match="added directly and cannot be: local"):
         ProcessPool(registry, 1)
+
+
+def test_end_grace_stops_a_long_grace_at_once_and_the_job_is_unfinished(
+    threads_checked: None,
+) -> None:
+    gate = Gate()  # never opened: only cancellation lets the handler return
+    registry = HandlerRegistry()
+    registry.add("gate", gate)
+    pool, results = started_pool(registry, workers=1)
+    pool.submit(task("held", "gate"))
+    assert gate.entered.get(timeout=RESULT_WAIT_S) == "held"
+    answer: queue.Queue[list[str]] = queue.Queue()
+    stopper = threading.Thread(target=lambda: answer.put(pool.shutdown(grace_s=3600.0)))
+    stopper.start()
+    # Wait until the shutdown has begun (submit refuses), then end its grace.
+    deadline = time.monotonic() + RESULT_WAIT_S
+    while True:
+        try:
+            pool.submit(task("probe"))
+        except PoolClosed:
+            break
+        except PoolFull:
+            pass
+        assert time.monotonic() < deadline
+        threading.Event().wait(0.01)
+    pool.end_grace()
+    # Probes that got in before the shutdown began are dropped unstarted (unfinished).
+    unfinished = answer.get(timeout=RESULT_WAIT_S)
+    assert [job_id for job_id in unfinished if job_id != "probe"] == ["held"]
+    stopper.join()
+    assert results.empty()  # abandoned: its late "cancelled" return is not reported
+
+
+def test_end_grace_before_shutdown_makes_its_grace_zero(threads_checked: None) -> None:
+    gate = Gate()
+    registry = HandlerRegistry()
+    registry.add("gate", gate)
+    pool, results = started_pool(registry, workers=1)
+    pool.submit(task("held", "gate"))
+    assert gate.entered.get(timeout=RESULT_WAIT_S) == "held"
+    pool.end_grace()  # a second signal that came before the stop reached the pool
+    started = time.monotonic()
+    assert pool.shutdown(grace_s=3600.0) == ["held"]
+    assert time.monotonic() - started < RESULT_WAIT_S
+    assert results.empty()
