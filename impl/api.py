@@ -109,8 +109,8 @@ class Runner:
         """Make a stop in progress end its grace at once (a second signal): the
         running handlers are abandoned and told to cancel, as at the grace's end, so
         the pool's join returns as soon as they do."""
-        if self.pool is not None:
-            self.pool.end_grace()
+        if self.controller is not None:
+            self.controller.end_grace()
 
     def __enter__(self) -> Runner:
         return self

@@ -71,9 +71,11 @@ from beaverq.model import (
     LeaseAbandoned,
     LeaseExpired,
     LeaseGranted,
+    LeaseReleased,
     PauseQueue,
     Recover,
     Rejected,
+    Release,
     Requeue,
     ResumeQueue,
     State,
@@ -259,6 +261,7 @@ class Stats:
     dead: int = 0  # jobs that reached DEAD
     cancelled: int = 0  # jobs that reached CANCELLED
     expired: int = 0  # LeaseExpired
+    released: int = 0  # LeaseReleased: given back at a graceful stop, attempt not counted
     stale_results: int = 0  # results refused by the attempt fence
     results_refused: int = 0  # a success whose result the model could not store (JobFailed)
     submits_refused: int = 0  # leases the pool would not take (their lease expires)
@@ -480,6 +483,10 @@ class Controller:
                 stats.cancelled += 1
         elif isinstance(event, JobCancelled):
             stats.cancelled += 1
+        elif isinstance(event, LeaseReleased):
+            stats.released += 1
+            if after.jobs[event.job_id].status is JobStatus.CANCELLED:
+                stats.cancelled += 1
 
     def _wait_durable(self, committer: Committer, lsn: int) -> None:
         """Wait outside the lock (R1); a failed WAL fails the whole controller."""
@@ -944,16 +951,20 @@ class Controller:
 
     def stop(self, grace_s: float = 10.0) -> list[str]:
         """Graceful stop: no more leases; running jobs get ``grace_s`` to finish (their
-        results are recorded); a final snapshot; storage closed.  Returns the ids of the
-        jobs still running at the end of the grace: they stay in flight in the log, and
-        the next start's ``Recover`` returns them to the queue (docs/runtime.md)."""
+        results are recorded); every lease still live is released (``Release``: back
+        to the queue, the attempt not counted); a final snapshot; storage closed.
+        Returns the ids of the jobs released, sorted (docs/runtime.md, "Shutdown")."""
         if self._closed:
             return []
         self._begin_stop()
-        unfinished = self._pool.shutdown(grace_s) if self._pool_started else []
+        if self._pool_started:
+            self._pool.shutdown(grace_s)
         self._end_loops(process_results=True)
+        released: list[str] = []
         failure = self._failure
         try:
+            if failure is None:
+                released = self._release_live_leases()
             if failure is None and self._options.final_snapshot:
                 with self._lock:
                     if self._events_since_snapshot > 0:
@@ -962,7 +973,36 @@ class Controller:
             self._close_storage()
         if failure is not None:
             raise ControllerFailed(f"the controller failed: {failure}") from failure
-        return unfinished
+        return released
+
+    def end_grace(self) -> None:
+        """During ``stop``: end the grace at once (a second signal; ``pool.end_grace``)."""
+        self._pool.end_grace()
+
+    def _release_live_leases(self) -> list[str]:
+        """Give back every lease still live, once no handler of ours can report.
+
+        By now the pool has stopped: every handler finished (its result recorded),
+        never started (dropped from the pool's queue), or was abandoned at the end of
+        the grace (whatever it returns is dropped).  So every lease still live is
+        one no result will ever end; each of this process's leases, since ``Recover``
+        abandoned any older ones at the start (R5).  ``Release`` puts the job back
+        without counting the attempt: an interrupted job is not a failed one."""
+        with self._lock:
+            live = sorted(
+                (job_id, self._state.jobs[job_id].attempt) for job_id in self._state.in_flight
+            )
+        if not live:
+            return []
+        outcomes, lsn, committer = self._apply(
+            lambda now: [
+                Release(now_ms=now, job_id=job_id, attempt=attempt) for job_id, attempt in live
+            ],
+            atomic=True,  # nothing else runs now: a refusal here is a bug, loud
+        )
+        self._wait_durable(committer, lsn)
+        assert all(isinstance(outcome, tuple) and outcome for outcome in outcomes), outcomes
+        return [job_id for job_id, _attempt in live]
 
     def halt(self) -> None:
         """Stop at once, as close to a crash as one process can come: no grace, no

@@ -67,6 +67,7 @@ METRIC_NAMES = (
     "queue_depth_delayed",
     "queue_jobs",
     "queue_jobs_expired_total",
+    "queue_jobs_released_total",
     "queue_jobs_cancelled_total",
     "queue_results_stale_total",
     "queue_wal_fsync_seconds",
@@ -196,6 +197,11 @@ class _ControllerCollector:
         )
         yield counter("queue_jobs_dead_total", "Jobs that used up their attempts (DEAD).", "dead")
         yield counter("queue_jobs_cancelled_total", "Jobs that reached CANCELLED.", "cancelled")
+        yield counter(
+            "queue_jobs_released_total",
+            "Leases given back at a graceful stop (the attempt not counted).",
+            "released",
+        )
         yield counter(
             "queue_jobs_expired_total", "Leases that passed their deadline (timeouts).", "expired"
         )

@@ -460,22 +460,46 @@ def test_crash_returns_in_flight_jobs_through_recover() -> None:
     world.check()
 
 
-def test_graceful_stop_leaves_running_jobs_for_the_next_recover() -> None:
+def test_graceful_stop_releases_running_jobs_uncounted() -> None:
     world = World(workers=2)
     for _ in range(3):
         world.enqueue()
     world.step_until_quiet()
     assert sorted(world.controller.stop(grace_s=0)) == ["j1", "j2"]
+    assert world.controller.stats.released == 2
     with pytest.raises(ControllerStopped):
         world.controller.enqueue("late")
-    # The final snapshot holds them in flight; the next start's Recover returns them.
+    # The final snapshot holds them pending again, their attempt given back: the next
+    # start has no lease to abandon and nothing counted against max_attempts.
     storage, state, report = Storage.open(world.fs, DIRECTORY)
     assert report.records_replayed == 0 and report.snapshot_lsn == state.last_lsn
-    assert state.counts.in_flight == 2
+    assert (state.counts.in_flight, state.counts.pending) == (0, 3)
+    for job_id in ("j1", "j2"):
+        job = state.jobs[job_id]
+        assert (job.status, job.attempt, job.attempts_used, job.history[-1].outcome) == (
+            JobStatus.PENDING,
+            1,
+            0,
+            "released",
+        )
+    assert state == replay(initial_state(), world.log)
+    check_history(world.log)
     controller = Controller(storage, state, world.clock, FakePool(), committer_factory=InlineCommit)
-    assert controller.recovery.leases_abandoned == 2
-    assert controller.state.counts.pending == 3
+    assert controller.recovery.leases_abandoned == 0
     controller.stop()
+
+
+def test_a_result_that_arrives_within_the_grace_is_recorded_not_released() -> None:
+    world = World(workers=2)
+    for _ in range(2):
+        world.enqueue()
+    world.step_until_quiet()
+    world.pool.finish(0, OK)  # reported before the stop: the result loop records it
+    assert world.controller.stop(grace_s=0) == ["j2"]
+    storage, state, _report = Storage.open(world.fs, DIRECTORY)
+    assert state.jobs["j1"].status is JobStatus.COMPLETED
+    assert state.jobs["j2"].status is JobStatus.PENDING
+    storage.close()
 
 
 def test_same_seed_same_run() -> None:
@@ -853,7 +877,15 @@ def test_threaded_run_with_real_handlers_and_graceful_stop(
         controller.enqueue("noop")
 
     again = Controller.open(directory, ThreadPool(HandlerRegistry(), workers=1))
-    assert again.recovery.leases_abandoned == 1
-    assert again.recovery.records_replayed == 0  # the final snapshot covered the log
-    assert again.state.jobs[running].status is JobStatus.PENDING
-    again.stop()
+    try:
+        # Released at the stop, not left for Recover: nothing to abandon, no attempt used.
+        assert again.recovery.leases_abandoned == 0
+        assert again.recovery.records_replayed == 0  # the final snapshot covered the log
+        job = again.state.jobs[running]
+        assert (job.status, job.attempts_used, job.history[-1].outcome) == (
+            JobStatus.PENDING,
+            0,
+            "released",
+        )
+    finally:
+        again.stop()
