@@ -259,9 +259,12 @@ def test_sigint_stops_gracefully_and_returns_unfinished_jobs(
     code, err = runner.stop(signal.SIGINT)
     assert code == 0, err
     assert "1 running jobs returned to the queue" in err
-    # Without a runner, the next opener's Recover hands the job back.
-    beaverq(data_dir, "pause", "default")  # opens the directory: Recover runs
-    assert state_of(data_dir, "long") == "pending"
+    # Released by the stop itself (LeaseReleased): pending on disk, the interrupted
+    # attempt recorded as released and not counted against max_attempts.
+    detail = json.loads(beaverq(data_dir, "show", "long", "--json").stdout)
+    assert detail["status"] == "pending"
+    assert detail["attempts_used"] == 0
+    assert [attempt["outcome"] for attempt in detail["attempts"]] == ["released"]
 
 
 def test_a_second_signal_ends_the_grace(runner_factory: Callable[..., RunningRunner]) -> None:
