@@ -34,8 +34,17 @@ def is_valid_unicode(text: str) -> bool:
     return True
 
 
-def _has_space_or_control(text: str) -> bool:
+def has_space_or_control_plain(text: str) -> bool:
+    """The definition: some character is white space or not printable."""
     return any(ch.isspace() or not ch.isprintable() for ch in text)
+
+
+def _has_space_or_control(text: str) -> bool:
+    """``has_space_or_control_plain`` at C speed (every Lease and result checks a token:
+    1.2 µs -> 0.14 µs).  Why it is the same: every white-space character but the ASCII
+    space is a control or separator character, which ``isprintable`` refuses;
+    tests/test_fast_paths.py checks all 1,114,112 code points."""
+    return " " in text or not text.isprintable()
 
 
 def check_range(name: str, value: int, low: int, high: int, limit_names: str) -> Problem | None:
@@ -91,6 +100,11 @@ def _refuse_constant(name: str) -> object:
     raise ValueError(f"{name} is not JSON")
 
 
+# One decoder for every check: ``json.loads`` with a keyword builds a new decoder per
+# call, which cost more than decoding a small result (4.8 µs for "null").
+_STRICT_JSON = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
 def check_json(name: str, text: str, bytes_max: int, limit_name: str) -> Problem | None:
     if not isinstance(text, str):
         return (f"{name}_invalid", f"{name} must be JSON text")
@@ -99,7 +113,7 @@ def check_json(name: str, text: str, bytes_max: int, limit_name: str) -> Problem
     if _utf8_len(text) > bytes_max:
         return (f"{name}_too_large", f"{name} is larger than {bytes_max} bytes ({limit_name})")
     try:
-        json.loads(text, parse_constant=_refuse_constant)
+        _STRICT_JSON.decode(text)
     except (ValueError, RecursionError) as error:
         return (f"{name}_invalid", f"{name} is not valid JSON: {error}")
     return None

@@ -18,6 +18,7 @@ from beaverq.model.jobs import AttemptRecord, Job
 from beaverq.model.lifecycle import JobStatus
 from beaverq.model.records import replace_fields
 from beaverq.model.state import Counts
+from beaverq.model.validation import _has_space_or_control, has_space_or_control_plain
 
 
 def _sample_job() -> Job:
@@ -93,3 +94,17 @@ def test_counts_moved_equals_a_recount(
             continue
         expected = counts.of(status) - (status is source) + (status is target)
         assert moved.of(status) == expected, status
+
+
+def test_the_token_check_shortcut_agrees_on_every_code_point() -> None:
+    # Exhaustive, not sampled: the shortcut's argument is about Unicode categories,
+    # so every character is checked, alone and after a printable one.
+    for code_point in range(0x110000):
+        character = chr(code_point)
+        for text in (character, "a" + character):
+            assert _has_space_or_control(text) == has_space_or_control_plain(text), hex(code_point)
+
+
+@given(st.text())
+def test_the_token_check_shortcut_agrees_on_any_text(text: str) -> None:
+    assert _has_space_or_control(text) == has_space_or_control_plain(text)
