@@ -194,6 +194,16 @@ class World:
         assert job.attempt == task.attempt
         assert self.storage.durable_lsn >= job.last_lsn
 
+    def restart(self) -> list[str]:
+        """A graceful stop (grace 0: every running job is released), then a fresh start."""
+        released = self.controller.stop(grace_s=0)
+        # Everything appended is durable after a stop, and no lease is left live.
+        assert self.storage.durable_lsn == len(self.log)
+        self.durable_before_crash = len(self.log)
+        self._open()
+        assert self.controller.recovery.leases_abandoned == 0
+        return released
+
     def crash(self, policy: CrashPolicy = NOTHING_UNSYNCED, chooser: object = None) -> None:
         self.durable_before_crash = self.storage.durable_lsn
         self.fs = self.fs.crash(policy, chooser)  # type: ignore[arg-type]
@@ -560,6 +570,7 @@ ACTIONS = st.one_of(
     st.tuples(st.just("pause"), st.sampled_from(QUEUES)),
     st.tuples(st.just("resume"), st.sampled_from(QUEUES)),
     st.tuples(st.just("snapshot")),
+    st.tuples(st.just("restart")),
     st.tuples(st.just("crash"), crash_policies()),
 )
 
@@ -574,6 +585,7 @@ def test_random_workloads_with_crashes_match_the_model(
     )
     world = World(options=options, workers=3)
     controller = lambda: world.controller  # noqa: E731 (it changes at each crash)
+    released = 0
     for action in actions:
         kind = action[0]
         if kind == "enqueue":
@@ -607,6 +619,8 @@ def test_random_workloads_with_crashes_match_the_model(
             controller().snapshot()
         elif kind == "crash":
             world.crash(action[1], HypothesisChooser(data))
+        elif kind == "restart":
+            released += len(world.restart())
         controller().step()
     world.check()
     world.drain()
@@ -615,6 +629,7 @@ def test_random_workloads_with_crashes_match_the_model(
     event(f"jobs: {min(len(world.ids) // 10 * 10, 30)}+")
     event(f"stale results seen: {stats.stale_results > 0}")
     event(f"retries seen: {stats.retried > 0}")
+    event(f"leases released at a stop: {released > 0}")
     for job_id in world.ids:
         assert world.controller.state.jobs[job_id].status in FINISHED, job_id
     world.check()
