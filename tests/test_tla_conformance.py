@@ -65,6 +65,7 @@ SPEC_ACTIONS = (
     "JobFailed",
     "LeaseExpired",
     "LeaseAbandoned",
+    "LeaseReleased",
     "CancelRequested",
     "JobCancelled",
     "JobRequeued",
@@ -251,6 +252,7 @@ def test_comparison_scope_is_the_ci_scope() -> None:
     assert constants["Budgets"] == tla_traces.tla(set(tla_traces.COMPARE_BUDGETS))
     assert int(constants["MaxRequeues"]) == tla_traces.COMPARE_REQUEUES_MAX
     assert int(constants["MaxCrashes"]) == tla_traces.COMPARE_RECOVERS_MAX
+    assert int(constants["MaxReleases"]) == tla_traces.COMPARE_RELEASES_MAX
     # Enough workers that the spec can run every job at once, as the model can.
     assert constants["Workers"].count(",") + 1 >= len(tla_traces.COMPARE_JOB_IDS)
 

@@ -58,8 +58,10 @@ from beaverq.model import (
     LeaseAbandoned,
     LeaseExpired,
     LeaseGranted,
+    LeaseReleased,
     Recover,
     Rejected,
+    Release,
     Requeue,
     State,
     Tick,
@@ -251,7 +253,7 @@ class ModelRun:
         elif isinstance(event, LeaseGranted):
             self.held[event.worker_id] = (job, event.attempt)
             params.update(worker=event.worker_id, job=job)
-        elif isinstance(event, (JobCompleted, JobFailed)):
+        elif isinstance(event, (JobCompleted, JobFailed, LeaseReleased)):
             assert worker, event
             self.held[worker] = None
             params.update(worker=worker, delayed=spec_event(event)["delayed"])
@@ -331,6 +333,24 @@ class ModelRun:
         events = self._decide(command)
         if events is None:
             # The fence refused a stale result; the worker moves on.
+            self.held[worker] = None
+            self._record("StaleResultRefused", worker=worker)
+            return
+        if stale:
+            self.note_deviation()
+        assert len(events) == 1
+        self._append(events[0], worker=worker)
+
+    def release(self) -> None:
+        """A busy worker's job is handed back unfinished (a graceful shutdown's end)."""
+        busy = [(w, lease) for w, lease in self.held.items() if lease is not None]
+        if not busy:
+            return
+        worker, (job, attempt) = self.rng.choice(busy)
+        stale = self._is_stale(job, attempt)
+        events = self._decide(Release(now_ms=self._advance(10), job_id=job, attempt=attempt))
+        if events is None:
+            # The fence refused it: that lease had already ended; the worker moves on.
             self.held[worker] = None
             self._record("StaleResultRefused", worker=worker)
             return
@@ -419,6 +439,7 @@ class ModelRun:
             (self.enqueue, 6),
             (self.lease, 6),
             (self.report, 6),
+            (self.release, 1),
             (self.tick, 4),
             (self.cancel, 1),
             (self.requeue, 2),
@@ -440,7 +461,7 @@ class ModelRun:
 def decide_without_fence(state: State, command: Command) -> tuple[Event, ...]:
     """A ``decide`` that ignores the attempt fence: a result from any lease of an in-flight
     job is taken as the live attempt's result."""
-    if isinstance(command, (Complete, Fail)):
+    if isinstance(command, (Complete, Fail, Release)):
         job = state.jobs.get(command.job_id)
         if job is not None and job.status is JobStatus.IN_FLIGHT:
             command = attrs.evolve(command, attempt=job.attempt)
@@ -526,6 +547,7 @@ COMPARE_JOB_IDS: tuple[str, ...] = ("a", "b")
 COMPARE_BUDGETS: tuple[int, ...] = (1, 2)
 COMPARE_REQUEUES_MAX = 1
 COMPARE_RECOVERS_MAX = 1
+COMPARE_RELEASES_MAX = 1
 _COMPARE_TIMEOUT_MS = 2  # a lease lasts two ticks, so leases can expire one at a time
 _COMPARE_NODES_MAX = 2_000_000
 
@@ -538,6 +560,7 @@ class _Node:
     now_ms: int
     requeues: int
     recovers: int
+    releases: int
 
 
 def _node_key(node: _Node, job_ids: Sequence[str]) -> tuple[Any, ...]:
@@ -573,15 +596,16 @@ def _node_key(node: _Node, job_ids: Sequence[str]) -> tuple[Any, ...]:
         for job in sorted(present, key=lambda job: (job.ready_at_ms, job.ready_lsn))
         if job.status is JobStatus.DELAYED
     )
-    return (tuple(jobs), pending, delayed, node.requeues, node.recovers)
+    return (tuple(jobs), pending, delayed, node.requeues, node.recovers, node.releases)
 
 
-def _compare_commands(node: _Node, job_ids: Sequence[str]) -> list[tuple[Command, int, int]]:
-    """The commands tried from a node, with the requeues and recoveries each one uses."""
+def _compare_commands(node: _Node, job_ids: Sequence[str]) -> list[tuple[Command, int, int, int]]:
+    """The commands tried from a node, with the requeues, recoveries and releases each
+    one uses."""
     now, state = node.now_ms, node.state
-    commands: list[tuple[Command, int, int]] = [
-        (Lease(now_ms=now, worker_id="w"), 0, 0),
-        (Tick(now_ms=now + 1, **_NEVER_FORGET), 0, 0),
+    commands: list[tuple[Command, int, int, int]] = [
+        (Lease(now_ms=now, worker_id="w"), 0, 0, 0),
+        (Tick(now_ms=now + 1, **_NEVER_FORGET), 0, 0, 0),
     ]
     for job_id in job_ids:
         job = state.jobs.get(job_id)
@@ -598,18 +622,21 @@ def _compare_commands(node: _Node, job_ids: Sequence[str]) -> list[tuple[Command
                         backoff_base_ms=1,
                         backoff_cap_ms=1,
                     )
-                    commands.append((enqueue, 0, 0))
+                    commands.append((enqueue, 0, 0, 0))
             continue
         if job.status is JobStatus.IN_FLIGHT:
-            commands.append((Complete(now_ms=now, job_id=job_id, attempt=job.attempt), 0, 0))
+            commands.append((Complete(now_ms=now, job_id=job_id, attempt=job.attempt), 0, 0, 0))
             for seed in (0, 1):  # backoff window 1 ms: seed 0 retries at once, 1 waits
                 fail = Fail(now_ms=now, job_id=job_id, attempt=job.attempt, error="e")
-                commands.append((attrs.evolve(fail, jitter_seed=seed), 0, 0))
-        commands.append((Cancel(now_ms=now, job_id=job_id), 0, 0))
+                commands.append((attrs.evolve(fail, jitter_seed=seed), 0, 0, 0))
+            if node.releases < COMPARE_RELEASES_MAX:
+                release = Release(now_ms=now, job_id=job_id, attempt=job.attempt)
+                commands.append((release, 0, 0, 1))
+        commands.append((Cancel(now_ms=now, job_id=job_id), 0, 0, 0))
         if job.status is JobStatus.DEAD and node.requeues < COMPARE_REQUEUES_MAX:
-            commands.append((Requeue(now_ms=now, job_id=job_id), 1, 0))
+            commands.append((Requeue(now_ms=now, job_id=job_id), 1, 0, 0))
     if node.recovers < COMPARE_RECOVERS_MAX:
-        commands.append((Recover(now_ms=now), 0, 1))
+        commands.append((Recover(now_ms=now), 0, 1, 0))
     return commands
 
 
@@ -624,7 +651,7 @@ def reachable_projections(
     that lost the unsynced tail is a recovery from an earlier node, which the search
     also reaches.
     """
-    start = _Node(initial_state(), 0, 0, 0)
+    start = _Node(initial_state(), 0, 0, 0, 0)
     seen = {_node_key(start, job_ids)}
     frontier = [start]
     projections: set[Projection] = set()
@@ -633,14 +660,18 @@ def reachable_projections(
         following: list[_Node] = []
         for node in frontier:
             projections.add(tuple(project_job(node.state, j) for j in job_ids))
-            for command, requeues, recovers in _compare_commands(node, job_ids):
+            for command, requeues, recovers, releases in _compare_commands(node, job_ids):
                 try:
                     events = decide_(node.state, command)
                 except Rejected:
                     continue
                 state = replay(node.state, events)
                 child = _Node(
-                    state, command.now_ms, node.requeues + requeues, node.recovers + recovers
+                    state,
+                    command.now_ms,
+                    node.requeues + requeues,
+                    node.recovers + recovers,
+                    node.releases + releases,
                 )
                 key = _node_key(child, job_ids)
                 if key not in seen:

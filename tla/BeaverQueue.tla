@@ -23,8 +23,8 @@
 (*             completions  per job, JobCompleted events that became       *)
 (*                          durable (never decreases, even if the log is   *)
 (*                          truncated);                                    *)
-(*             crashes, requeues  how many so far (each bounded by a      *)
-(*                          constant, so liveness has finitely many).      *)
+(*             crashes, requeues, releases  how many so far (each bounded *)
+(*                          by a constant, so liveness has finitely many). *)
 (*                                                                         *)
 (* Crash keeps the durable part and any prefix of the unsynced tail (a     *)
 (* write may reach the disk without its fsync having returned), and loses  *)
@@ -39,7 +39,8 @@
 (*    backoff is a free choice;                                            *)
 (*  - any pending job may be leased (the model picks by priority, FIFO);   *)
 (*  - payloads, results, errors, queues, priorities and idempotency keys   *)
-(*    are left out, and so are retention (JobForgotten) and pausing        *)
+(*    are left out (a result that cannot be stored is a JobFailed here, as *)
+(*    in the model), and so are retention (JobForgotten) and pausing       *)
 (*    (QueuePaused/QueueResumed), see docs/tla.md;                         *)
 (*  - one Sync makes the whole tail durable; MaxTail bounds the tail (a    *)
 (*    group commit of at most MaxTail events) and MaxLog bounds the log    *)
@@ -58,6 +59,7 @@ CONSTANTS
     Budgets,        \* the max_attempts values a job may be enqueued with
     MaxRequeues,    \* JobRequeued events in one behaviour, over all jobs
     MaxCrashes,     \* crashes in one behaviour
+    MaxReleases,    \* LeaseReleased events in one behaviour, over all jobs
     MaxTail,        \* unsynced events at most
     MaxLog,         \* durable log records at most (before a checkpoint)
     Bug             \* "none", or the name of a known bug to put back in
@@ -73,15 +75,16 @@ BugDescription == [
 
 ASSUME Jobs # {} /\ Workers # {}
 ASSUME Budgets # {} /\ Budgets \subseteq Nat \ {0}
-ASSUME MaxRequeues \in Nat /\ MaxCrashes \in Nat
+ASSUME MaxRequeues \in Nat /\ MaxCrashes \in Nat /\ MaxReleases \in Nat
 ASSUME MaxTail \in Nat \ {0} /\ MaxLog \in Nat /\ MaxLog >= MaxTail
 ASSUME Bug \in DOMAIN BugDescription
 
-VARIABLES snap, dlog, tail, mem, held, phase, acked, completions, crashes, requeues
+VARIABLES snap, dlog, tail, mem, held, phase, acked, completions, crashes, requeues,
+          releases
 
 durable  == <<snap, dlog>>
 volatile == <<tail, mem, held, phase>>
-history  == <<acked, completions, crashes, requeues>>
+history  == <<acked, completions, crashes, requeues, releases>>
 vars     == <<durable, volatile, history>>
 
 -----------------------------------------------------------------------------
@@ -91,14 +94,15 @@ Statuses   == {"absent", "pending", "delayed", "in_flight",
                "completed", "dead", "cancelled"}
 Finished   == {"completed", "dead", "cancelled"}
 EventTypes == {"JobEnqueued", "DelayElapsed", "LeaseGranted", "JobCompleted",
-               "JobFailed", "LeaseExpired", "LeaseAbandoned", "CancelRequested",
-               "JobCancelled", "JobRequeued"}
+               "JobFailed", "LeaseExpired", "LeaseAbandoned", "LeaseReleased",
+               "CancelRequested", "JobCancelled", "JobRequeued"}
 
 Max(S) == CHOOSE x \in S : \A y \in S : y <= x
 MaxAttempts == Max(Budgets)
 \* The fence never exceeds this: each budget of attempts is used at most once
-\* per requeue (a crash may roll it back, never forward).
-AttemptMax == MaxAttempts * (MaxRequeues + 1)
+\* per requeue (a crash may roll it back, never forward), and each release
+\* takes a lease without using the budget.
+AttemptMax == MaxAttempts * (MaxRequeues + 1) + MaxReleases
 
 \* A job record: what model/jobs.py's Job holds, minus what time and payloads
 \* need.  attempt is the fence (leases ever granted), used counts attempts
@@ -138,6 +142,10 @@ Apply(r, e) ==
       [] e.type = "JobCompleted" -> [r EXCEPT !.status = "completed"]
       [] e.type \in {"JobFailed", "LeaseExpired", "LeaseAbandoned"} ->
             [r EXCEPT !.status = Ending(r, e.delayed)]
+      \* The released attempt is uncounted first, so Ending never says dead.
+      [] e.type = "LeaseReleased" ->
+            LET uncounted == [r EXCEPT !.used = @ - 1]
+            IN  [uncounted EXCEPT !.status = Ending(uncounted, FALSE)]
       [] e.type = "CancelRequested" -> [r EXCEPT !.cancel = TRUE]
       [] e.type = "JobCancelled" -> [r EXCEPT !.status = "cancelled"]
       [] e.type = "JobRequeued" ->
@@ -188,6 +196,7 @@ Init ==
     /\ completions = [j \in Jobs |-> 0]
     /\ crashes = 0
     /\ requeues = 0
+    /\ releases = 0
 
 -----------------------------------------------------------------------------
 (* Job actions: decide accepts, the event is appended to the unsynced     *)
@@ -219,7 +228,7 @@ JobEnqueued(j, delayed, budget) ==
     /\ CanAppend /\ CanEnqueue(j)
     /\ Emit(Event("JobEnqueued", j, 0, delayed, budget))
     /\ acked' = IF Bug = "AckBeforeSync" THEN acked \cup {j} ELSE acked
-    /\ UNCHANGED <<durable, held, phase, completions, crashes, requeues>>
+    /\ UNCHANGED <<durable, held, phase, completions, crashes, requeues, releases>>
 
 DelayElapsed(j) ==
     /\ CanAppend /\ CanRelease(j)
@@ -257,6 +266,17 @@ LeaseExpired(j) ==
     /\ Emit(Event("LeaseExpired", j, Rec(j).attempt, FALSE, 0))
     /\ UNCHANGED <<durable, held, phase, history>>
 
+\* The runtime gives the live attempt back unfinished (a graceful shutdown
+\* whose grace period ended): the job is ready again and the attempt does not
+\* count; the fence stays, so the released worker is not told (it has stopped).
+\* Not fair: a shutdown is under no obligation, and MaxReleases bounds them.
+LeaseReleased(w) ==
+    /\ CanAppend /\ Accepts(w) /\ releases < MaxReleases
+    /\ Emit(Event("LeaseReleased", held[w][1], held[w][2], FALSE, 0))
+    /\ held' = [held EXCEPT ![w] = NoLease]
+    /\ releases' = releases + 1
+    /\ UNCHANGED <<durable, phase, acked, completions, crashes, requeues>>
+
 \* Only recovery abandons leases (model/recovery.py).
 LeaseAbandoned(j) ==
     /\ phase = "recovering" /\ Len(tail) < MaxTail
@@ -280,7 +300,7 @@ JobRequeued(j) ==
     /\ CanAppend /\ CanRequeue(j)
     /\ Emit(Event("JobRequeued", j, 0, FALSE, 0))
     /\ requeues' = requeues + 1
-    /\ UNCHANGED <<durable, held, phase, acked, completions, crashes>>
+    /\ UNCHANGED <<durable, held, phase, acked, completions, crashes, releases>>
 
 \* Not an event: decide rejects a result from a lease that is no longer the
 \* live one (rule stale_attempt), and the worker moves on.
@@ -302,7 +322,7 @@ Sync ==
     /\ tail' = <<>>
     /\ acked' = acked \cup EnqueuedIn(tail)
     /\ completions' = Completed(completions, tail)
-    /\ UNCHANGED <<snap, mem, held, phase, crashes, requeues>>
+    /\ UNCHANGED <<snap, mem, held, phase, crashes, requeues, releases>>
 
 \* A checkpoint: fold the durable log into a new snapshot (written
 \* atomically).  The log is truncated by a separate step, so a crash may
@@ -333,7 +353,7 @@ Crash(kept) ==
     /\ held' = IF Bug = "WorkersSurviveCrash" THEN held ELSE [w \in Workers |-> NoLease]
     /\ phase' = "down"
     /\ crashes' = crashes + 1
-    /\ UNCHANGED <<snap, acked, requeues>>
+    /\ UNCHANGED <<snap, acked, requeues, releases>>
 
 \* Restart: snapshot + durable log, then abandon the leases found live.
 Recover ==
@@ -355,6 +375,7 @@ Next ==
     \/ \E w \in Workers, d \in BOOLEAN : JobFailed(w, d)
     \/ \E j \in Jobs : LeaseExpired(j)
     \/ \E j \in Jobs : LeaseAbandoned(j)
+    \/ \E w \in Workers : LeaseReleased(w)
     \/ \E j \in Jobs : CancelRequested(j)
     \/ \E j \in Jobs : JobCancelled(j)
     \/ \E j \in Jobs : JobRequeued(j)
@@ -368,7 +389,7 @@ Next ==
 \* The queue's own machinery is fair: a restarted process recovers, the
 \* disk syncs and checkpoints, free workers take pending work, running
 \* workers report, and leases and delays run out.  Clients and operators
-\* (enqueue, cancel, requeue) and crashes are under no obligation.
+\* (enqueue, cancel, requeue), releases and crashes are under no obligation.
 Fairness ==
     /\ WF_vars(Recover)
     /\ WF_vars(\E j \in Jobs : LeaseAbandoned(j))
@@ -397,6 +418,7 @@ TypeOK ==
     /\ completions \in [Jobs -> Nat]
     /\ crashes \in 0..MaxCrashes
     /\ requeues \in 0..MaxRequeues
+    /\ releases \in 0..MaxReleases
 
 \* The durable state: what a recovery that works would rebuild.
 DurableTable == Replay(snap, dlog, TRUE)
@@ -473,9 +495,10 @@ FinishedAbsorbing ==
                               SubSeq(dlog', Len(dlog) + 1, Len(dlog')))
       ]_vars
 
-\* An attempt ends (a result, an expiry, an abandonment) only for the live
-\* lease (spec/history.py, fenced_results).
-AttemptEndings == {"JobCompleted", "JobFailed", "LeaseExpired", "LeaseAbandoned"}
+\* An attempt ends (a result, an expiry, an abandonment, a release) only for
+\* the live lease (spec/history.py, fenced_results).
+AttemptEndings == {"JobCompleted", "JobFailed", "LeaseExpired", "LeaseAbandoned",
+                   "LeaseReleased"}
 ResultsFenced ==
     [][\A k \in (Len(tail) + 1)..Len(tail') :
           tail'[k].type \in AttemptEndings =>
@@ -487,8 +510,8 @@ FenceMonotonic ==
     [][\A j \in Jobs : DurableTable'.jobs[j].attempt >= DurableTable.jobs[j].attempt]_vars
 
 -----------------------------------------------------------------------------
-(* Liveness (with the fairness of Spec and finitely many crashes and      *)
-(* requeues).                                                              *)
+(* Liveness (with the fairness of Spec and finitely many crashes,         *)
+(* requeues and releases).                                                 *)
 
 Settled(j) == phase = "up" /\ Status(j) \in Finished
 

@@ -58,6 +58,7 @@ Takes(s) ==
       [] s.act = "JobFailed"       -> JobFailed(s.worker, s.delayed) /\ Appends(s)
       [] s.act = "LeaseExpired"    -> LeaseExpired(s.job) /\ Appends(s)
       [] s.act = "LeaseAbandoned"  -> LeaseAbandoned(s.job) /\ Appends(s)
+      [] s.act = "LeaseReleased"   -> LeaseReleased(s.worker) /\ Appends(s)
       [] s.act = "CancelRequested" -> CancelRequested(s.job) /\ Appends(s)
       [] s.act = "JobCancelled"    -> JobCancelled(s.job) /\ Appends(s)
       [] s.act = "JobRequeued"     -> JobRequeued(s.job) /\ Appends(s)
