@@ -37,8 +37,10 @@ from beaverq.model import (
     JobStatus,
     Lease,
     LeaseGranted,
+    LeaseReleased,
     PauseQueue,
     QueuePaused,
+    Release,
     Requeue,
     ResumeQueue,
     State,
@@ -60,7 +62,8 @@ History = tuple[list[Event], list[State]]
 def _scenario_commands() -> list[Command]:
     """Job ``a`` completes, is forgotten, and is enqueued and completed again under the
     same id; ``d`` dies, is requeued, and dies again by an expired lease; ``c`` is
-    cancelled; ``e`` waits out a delay; a queue is paused and resumed.  One job is
+    cancelled; ``r`` is released and completes on its next lease; ``e`` waits out a
+    delay; a queue is paused and resumed.  One job is
     pending at a time, so each Lease takes the job meant."""
     return [
         Enqueue(now_ms=0, handler="h", job_id="a"),
@@ -80,6 +83,11 @@ def _scenario_commands() -> list[Command]:
         Cancel(now_ms=15, job_id="c"),
         PauseQueue(now_ms=16, queue="q"),
         ResumeQueue(now_ms=16, queue="q"),
+        Enqueue(now_ms=16, handler="h", job_id="r"),
+        Lease(now_ms=16, worker_id="w"),
+        Release(now_ms=16, job_id="r", attempt=1),
+        Lease(now_ms=16, worker_id="w"),
+        Complete(now_ms=16, job_id="r", attempt=2),
         Enqueue(now_ms=16, handler="h", job_id="e", delay_ms=4),
         Tick(now_ms=20),
     ]
@@ -89,7 +97,8 @@ def scenario() -> History:
     events, states = run(_scenario_commands())
     names = [type(event).__name__ for event in events]
     # The breaks below lean on these events being there.
-    assert names.count("JobCompleted") == 2, names
+    assert names.count("JobCompleted") == 3, names
+    assert "LeaseReleased" in names
     assert "JobForgotten" in names
     assert "LeaseExpired" in names
     assert "QueuePaused" in names
@@ -171,6 +180,13 @@ def _fail_after_completion(events: list[Event]) -> list[Event]:
     return renumbered([*events[: done + 1], stale, *events[done + 1 :]])
 
 
+def _complete_after_release(events: list[Event]) -> list[Event]:
+    """The released attempt's late result taken (the fence must refuse it)."""
+    released = index_of(events, LeaseReleased, "r")
+    late = JobCompleted(lsn=0, at_ms=16, job_id="r", attempt=1, result_json="null")
+    return renumbered([*events[: released + 1], late, *events[released + 1 :]])
+
+
 def _lease_skips_an_attempt(events: list[Event]) -> list[Event]:
     leased = index_of(events, LeaseGranted, "a")
     return [*events[:leased], attrs.evolve(events[leased], attempt=2), *events[leased + 1 :]]
@@ -190,6 +206,7 @@ EVENT_BREAKS: list[tuple[str, str, EventBreak]] = [
     ("completion_recorded_at_most_once_per_job", "completed twice", _complete_twice),
     ("fenced_results", "a result with another attempt", _complete_with_a_later_attempt),
     ("fenced_results", "a result after the lease ended", _fail_after_completion),
+    ("fenced_results", "a result after the lease was released", _complete_after_release),
     ("fenced_results", "a lease skipping an attempt", _lease_skips_an_attempt),
     ("fenced_results", "a lease while one is live", _lease_while_leased),
 ]
