@@ -67,6 +67,7 @@ from typing import Any
 
 from beaverq.impl.controller import Controller
 from beaverq.impl.fs import RealFileSystem
+from beaverq.impl.gc_policy import restore_interpreter_defaults, tune_for_long_lived_state
 from beaverq.impl.handlers import HandlerContext, HandlerRegistry
 from beaverq.impl.workers import ThreadPool
 
@@ -233,8 +234,17 @@ def raw_fsync_rate(root: str, seconds: float) -> float:
 
 
 def beaverq_open(path: str, workers: int) -> Controller:
+    """A controller as ``beaverq run`` has it, GC policy included (impl/gc_policy.py);
+    ``beaverq_close`` gives the next system the interpreter's defaults back."""
     pool = ThreadPool(HandlerRegistry(), workers)  # built-ins only: "noop"
-    return Controller.open(os.path.join(path, "data"), pool)
+    controller = Controller.open(os.path.join(path, "data"), pool)
+    tune_for_long_lived_state()
+    return controller
+
+
+def beaverq_close(controller: Controller) -> None:
+    controller.stop()
+    restore_interpreter_defaults()
 
 
 def beaverq_completed(controller: Controller) -> int:
@@ -253,7 +263,7 @@ def beaverq_backlog(root: str, jobs: int, workers: int) -> Measurement:
             seconds = time.perf_counter() - started
             completed = beaverq_completed(controller)
         finally:
-            controller.stop()
+            beaverq_close(controller)
     return Measurement("beaverq", "backlog", workers, jobs, seconds, completed)
 
 
@@ -286,7 +296,7 @@ def beaverq_concurrent(
             seconds = time.perf_counter() - started
             completed = beaverq_completed(controller)
         finally:
-            controller.stop()
+            beaverq_close(controller)
     return Measurement(label, "concurrent", workers, jobs, seconds, completed)
 
 

@@ -30,6 +30,7 @@ from typing import Any
 from .control import ControlServer, _perform_or_fail, execute, job_request
 from .controller import Controller, ControllerOptions
 from .fs import DataDirLocked, RealFileSystem, StorageError
+from .gc_policy import restore_interpreter_defaults, tune_for_long_lived_state
 from .handlers import HandlerFunction, HandlerRegistry
 from .workers import ProcessPool, ThreadPool, WorkerPool
 
@@ -49,12 +50,17 @@ class Runner:
         workers: int = 4,
         pool: str = "threads",
         snapshot_interval_s: float = 2.0,
+        tune_gc: bool = True,
     ) -> None:
         self.data_dir = data_dir
         self._registry = registry
         self._workers = workers
         self._pool_kind = pool
         self._options = ControllerOptions(snapshot_interval_s=snapshot_interval_s)
+        # A process-wide setting, so the runner's (impl/gc_policy.py); off for a program
+        # that tunes its own collector.
+        self._tune_gc = tune_gc
+        self._gc_tuned = False
         self.pool: WorkerPool | None = None
         self.controller: Controller | None = None
         self._server: ControlServer | None = None
@@ -78,6 +84,9 @@ class Runner:
         except (OSError, StorageError, ValueError) as error:
             self._fs.close()
             raise RunFailed(f"{self.data_dir}: cannot open: {error}") from None
+        if self._tune_gc:
+            tune_for_long_lived_state()  # the recovered state is what it freezes
+            self._gc_tuned = True
         self.controller.start()
         # Last: a client that finds the socket finds a controller that is running.
         self._server = ControlServer(self.controller, self.data_dir)
@@ -104,6 +113,10 @@ class Runner:
             if self._server is not None:
                 self._server.close()
             self._fs.close()
+            if self._gc_tuned:
+                # The process may go on without a runner (a program, a test session).
+                restore_interpreter_defaults()
+                self._gc_tuned = False
 
     def end_grace_now(self) -> None:
         """Make a stop in progress end its grace at once (a second signal): the

@@ -279,6 +279,7 @@ def runner_main(argv: Sequence[str]) -> int:
     ``DATA_DIR WORKERS METRICS_PORT``.  Runs until SIGTERM or SIGINT, then stops
     gracefully (exit 0)."""
     from .controller import Controller
+    from .gc_policy import tune_for_long_lived_state
     from .handlers import HandlerRegistry
     from .metrics import Metrics, serve_metrics
     from .workers import ThreadPool
@@ -290,6 +291,7 @@ def runner_main(argv: Sequence[str]) -> int:
     registry = HandlerRegistry()
     registry.import_module(DEMO_MODULE)
     controller = Controller.open(data_dir, ThreadPool(registry, workers))
+    tune_for_long_lived_state()  # as `beaverq run` does (impl/gc_policy.py)
     metrics = Metrics(controller)
     server = serve_metrics(metrics, port)
     try:
