@@ -242,6 +242,9 @@ class ControllerOptions:
     tick_interval_s: float = 0.05  # the timeout loop's period
     snapshot_interval_s: float = 2.0  # the original design: "e.g. every 2 s"
     snapshot_every_events: int = SNAPSHOT_EVERY_EVENTS_DEFAULT
+    # An interval snapshot waits for at least this many new events per job in the
+    # state (see _snapshot_is_due); the every-N-events one never waits.
+    snapshot_tail_per_job: float = 0.1
     retention_ms: int = limits.RETENTION_MS_DEFAULT
     finished_jobs_retained_max: int = limits.FINISHED_JOBS_RETAINED_MAX_DEFAULT
     result_batch_max: int = 1_000  # results decided under one lock hold
@@ -805,11 +808,24 @@ class Controller:
         return path
 
     def _snapshot_is_due(self) -> bool:
-        return self._events_since_snapshot >= self._options.snapshot_every_events or (
-            self._events_since_snapshot > 0
-            and self._clock.monotonic() - self._last_snapshot_at
-            >= self._options.snapshot_interval_s
-        )
+        """Every N events (the design's bound on the WAL tail a recovery replays), or
+        every interval if the tail is worth it.
+
+        A snapshot writes every job; replaying an event costs about ten times what
+        loading a job does (docs/performance.md).  So a tail shorter than a tenth of
+        the jobs replays faster than the snapshot loads, and snapshotting it would
+        only burn CPU: a trickle of jobs over 100,000 retained ones would otherwise
+        write all of them every 2 s.  Recovery stays bounded either way: the tail
+        never exceeds N events, and below the ratio it costs less than the load."""
+        options = self._options
+        since = self._events_since_snapshot
+        if since >= options.snapshot_every_events:
+            return True
+        if since == 0 or self._clock.monotonic() - self._last_snapshot_at < (
+            options.snapshot_interval_s
+        ):
+            return False
+        return since >= options.snapshot_tail_per_job * len(self._state.jobs)
 
     # -- Deterministic mode. ----------------------------------------------------------------
 

@@ -450,6 +450,32 @@ def test_snapshot_every_n_events_and_recovery_from_it() -> None:
     world.check()
 
 
+def test_an_interval_snapshot_waits_for_a_tail_worth_writing_every_job_for() -> None:
+    options = ControllerOptions(
+        runner_id="t",
+        jitter_seed=1,
+        snapshot_interval_s=1.0,
+        snapshot_every_events=1_000_000,
+        snapshot_tail_per_job=0.1,
+    )
+    world = World(options=options)
+    world.controller.pause("default")  # no leases: the only events are the enqueues
+    world.controller.enqueue_batch([{"handler": "w"} for _ in range(100)])
+    world.clock.advance(1_000)
+    world.step_until_quiet()
+    assert world.controller.stats.snapshots == 1  # 100+ new events for 100 jobs
+    world.controller.enqueue_batch([{"handler": "w"} for _ in range(5)])
+    world.clock.advance(5_000)
+    world.step_until_quiet()
+    # 5 new events for 105 jobs: replaying them is cheaper than loading a snapshot.
+    assert world.controller.stats.snapshots == 1
+    world.controller.enqueue_batch([{"handler": "w"} for _ in range(10)])
+    world.clock.advance(1_000)
+    world.step_until_quiet()
+    assert world.controller.stats.snapshots == 2  # 15 new events >= 0.1 x 115 jobs
+    world.check()
+
+
 def test_crash_returns_in_flight_jobs_through_recover() -> None:
     world = World(workers=2)
     for _ in range(3):
