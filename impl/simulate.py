@@ -53,6 +53,7 @@ from beaverq.model import (
     LeaseAbandoned,
     LeaseExpired,
     LeaseGranted,
+    LeaseReleased,
     PauseQueue,
     QueuePaused,
     QueueResumed,
@@ -618,6 +619,13 @@ class _Simulation:
                 )
             case LeaseExpired() | LeaseAbandoned():
                 return f"{event.job_id} attempt={event.attempt} {self._fate(event.job_id)}"
+            case LeaseReleased():
+                # Not issued by the simulator today (no graceful stop in its story), but
+                # every event a log can hold has a description.
+                return (
+                    f"{event.job_id} attempt={event.attempt} released, not counted "
+                    f"{self._fate(event.job_id)}"
+                )
             case (
                 DelayElapsed() | CancelRequested() | JobCancelled() | JobRequeued() | JobForgotten()
             ):
