@@ -61,9 +61,10 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import attrs
 
 from beaverq.impl.controller import Controller
 from beaverq.impl.fs import RealFileSystem
@@ -86,7 +87,7 @@ class Skipped(Exception):
     """A peer that is not installed."""
 
 
-@dataclass
+@attrs.frozen
 class Measurement:
     system: str  # a row label: "beaverq", "beaverq (batches of 100)", "huey", ...
     shape: str  # "backlog" or "concurrent"
@@ -100,13 +101,15 @@ class Measurement:
         return self.jobs / self.seconds
 
 
-@dataclass
+@attrs.define
 class Report:
-    fsync_rates: list[float] = field(default_factory=list)  # raw append + fsync /s: start, end
-    measurements: list[Measurement] = field(default_factory=list)
-    settings: dict[str, str] = field(default_factory=dict)  # system -> what was set
-    skipped: list[str] = field(default_factory=list)
-    recovery: list[tuple[int, list[float], int, int]] = field(default_factory=list)
+    """What a run gathers, filled in as it goes (so mutable, unlike the rows)."""
+
+    fsync_rates: list[float] = attrs.Factory(list)  # raw append + fsync /s: start, end
+    measurements: list[Measurement] = attrs.Factory(list)
+    settings: dict[str, str] = attrs.Factory(dict)  # system -> what was set
+    skipped: list[str] = attrs.Factory(list)
+    recovery: list[tuple[int, list[float], int, int]] = attrs.Factory(list)
     # (jobs, run times, records replayed, leases abandoned)
 
 
