@@ -53,8 +53,8 @@ class DispatchWindow:
     def size(self) -> int:
         """Tasks the pool may hold now: at least one per worker, at most its capacity."""
         mean = self.mean_duration_s
-        if mean is None:
-            return self.workers
+        if mean is None or self.horizon_s == 0:
+            return self.workers  # nothing known yet, or leasing ahead turned off
         if mean <= 0.0:
             return self.capacity
         # Little's law: in horizon_s, the workers start workers * horizon_s / mean tasks.

@@ -52,6 +52,14 @@ def test_slower_handlers_never_widen_the_window(
     assert window.size() <= wide
 
 
+@given(st.integers(1, 64), st.integers(0, 512), st.lists(durations, max_size=20))
+def test_a_zero_horizon_never_leases_ahead(workers: int, room: int, seen: list[float]) -> None:
+    window = DispatchWindow(workers=workers, capacity=workers + room, horizon_s=0.0)
+    for duration in seen:  # even instant handlers (duration 0)
+        window.observe(duration)
+        assert window.size() == workers
+
+
 def test_instant_handlers_open_the_whole_capacity_and_slow_ones_none_ahead() -> None:
     window = DispatchWindow(workers=4, capacity=260, horizon_s=0.05)
     window.observe(0.0)
