@@ -29,6 +29,7 @@ from typing import Any
 
 from .control import ControlServer, _perform_or_fail, execute, job_request
 from .controller import Controller, ControllerOptions
+from .dispatch_window import HORIZON_S_DEFAULT
 from .fs import DataDirLocked, RealFileSystem, StorageError
 from .gc_policy import restore_interpreter_defaults, tune_for_long_lived_state
 from .handlers import HandlerFunction, HandlerRegistry
@@ -50,13 +51,16 @@ class Runner:
         workers: int = 4,
         pool: str = "threads",
         snapshot_interval_s: float = 2.0,
+        lease_ahead_s: float = HORIZON_S_DEFAULT,
         tune_gc: bool = True,
     ) -> None:
         self.data_dir = data_dir
         self._registry = registry
         self._workers = workers
         self._pool_kind = pool
-        self._options = ControllerOptions(snapshot_interval_s=snapshot_interval_s)
+        self._options = ControllerOptions(
+            snapshot_interval_s=snapshot_interval_s, dispatch_horizon_s=lease_ahead_s
+        )
         # A process-wide setting, so the runner's (impl/gc_policy.py); off for a program
         # that tunes its own collector.
         self._tune_gc = tune_gc

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from importlib import metadata
 from typing import Any, NoReturn
 
+from .dispatch_window import HORIZON_S_DEFAULT
 from .simulate import (
     SIMULATION_JOBS_MAX,
     SIMULATION_WORKERS_MAX,
@@ -492,6 +493,15 @@ def _add_run(subparsers: Subparsers[_Parser]) -> _Parser:
         metavar="SECONDS",
         help="snapshot at most this often when anything changed (default 2)",
     )
+    parser.add_argument(
+        "--lease-ahead",
+        type=_seconds,
+        default=HORIZON_S_DEFAULT,
+        metavar="SECONDS",
+        help="lease jobs the workers will start within this time, so one fsync covers "
+        f"many leases (default {HORIZON_S_DEFAULT:g}; 0: one lease per idle worker, so a "
+        "crash never costs a job an attempt it never ran; docs/runtime.md)",
+    )
     parser.add_argument("--allow-shell", action="store_true", help="register the shell handler")
     parser.add_argument(
         "--import",
@@ -527,6 +537,7 @@ def _run_run(args: argparse.Namespace) -> int:
         workers=args.workers,
         pool=args.pool,
         snapshot_interval_s=args.snapshot_interval,
+        lease_ahead_s=args.lease_ahead,
     )
     signals = _Signals()
     try:

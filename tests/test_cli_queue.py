@@ -302,6 +302,8 @@ BAD_INPUTS = [
     ["show", "no-such-job"],
     ["jobs", "--state", "sideways"],
     ["run", "--workers", "0"],
+    ["run", "--lease-ahead", "-1"],
+    ["run", "--lease-ahead", "inf"],
     ["status", "--bogus"],
 ]
 

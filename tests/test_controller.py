@@ -79,8 +79,14 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float = WAIT_S) -> None
 class FakePool:
     """A pool whose tasks run only when the test says how they end."""
 
-    def __init__(self, workers: int = 2, check_durable: Callable[[Task], None] | None = None):
+    def __init__(
+        self,
+        workers: int = 2,
+        check_durable: Callable[[Task], None] | None = None,
+        room: int = 0,  # tasks it holds beyond one per worker (a real pool's queue_max)
+    ):
         self._workers = workers
+        self._room = room
         self.running: list[Task] = []
         self.on_result: Callable[[TaskResult], None] | None = None
         self.closed = False
@@ -92,7 +98,7 @@ class FakePool:
 
     @property
     def capacity(self) -> int:
-        return self._workers
+        return self._workers + self._room
 
     def start(self, on_result: Callable[[TaskResult], None]) -> None:
         self.on_result = on_result
@@ -154,7 +160,9 @@ FAILED = Outcome.failure("it broke")
 class World:
     """One data directory on a CrashFS, one controller at a time, and the full log."""
 
-    def __init__(self, options: ControllerOptions | None = None, workers: int = 2) -> None:
+    def __init__(
+        self, options: ControllerOptions | None = None, workers: int = 2, room: int = 0
+    ) -> None:
         self.fs = CrashFS()
         self.clock = FakeClock(start_ms=1_000_000)
         self.log: list[Event] = []  # every event ever appended, trimmed by crashes
@@ -162,6 +170,7 @@ class World:
             runner_id="t", jitter_seed=7, tick_interval_s=0.1, snapshot_interval_s=1e9
         )
         self.workers = workers
+        self.room = room
         self.ids: list[str] = []  # every acknowledged enqueue
         self.durable_before_crash = 0
         self.crashes = 0
@@ -176,7 +185,7 @@ class World:
         del self.log[k:]
         assert state == replay(initial_state(), self.log)
         self.storage = storage
-        self.pool = FakePool(self.workers, check_durable=self._check_lease_durable)
+        self.pool = FakePool(self.workers, check_durable=self._check_lease_durable, room=self.room)
         self.controller = Controller(
             storage,
             state,
@@ -273,6 +282,23 @@ def test_leases_only_for_idle_workers() -> None:
     world.step_until_quiet()
     assert len(world.pool.running) == 2
     assert world.controller.state.counts.completed == 1
+    world.check()
+
+
+@pytest.mark.parametrize(("horizon_s", "held_at_most"), [(0.05, 2 + 8), (0.0, 2)])
+def test_the_dispatch_window_leases_ahead_only_when_asked(
+    horizon_s: float, held_at_most: int
+) -> None:
+    options = ControllerOptions(runner_id="t", jitter_seed=1, dispatch_horizon_s=horizon_s)
+    world = World(options=options, workers=2, room=8)
+    for _ in range(30):
+        world.enqueue()
+    world.step_until_quiet()
+    assert len(world.pool.running) == 2  # nothing known about running times: cautious
+    world.pool.finish(0, OK)  # an instant handler: a mean running time of 0
+    world.step_until_quiet()
+    assert len(world.pool.running) == held_at_most
+    assert world.controller.state.counts.in_flight == held_at_most
     world.check()
 
 
