@@ -88,7 +88,7 @@ from beaverq.model import (
 )
 
 from .clock import Clock, SystemClock
-from .dispatch_window import HORIZON_S_DEFAULT, DispatchWindow
+from .dispatch_window import HORIZON_S_DEFAULT, WITHDRAW_AFTER, DispatchWindow
 from .fs import FileSystem, RealFileSystem, StorageError
 from .group_commit import GroupCommit
 from .storage import SNAPSHOT_EVERY_EVENTS_DEFAULT, RecoveryReport, Storage, StorageOptions
@@ -264,7 +264,8 @@ class Stats:
     dead: int = 0  # jobs that reached DEAD
     cancelled: int = 0  # jobs that reached CANCELLED
     expired: int = 0  # LeaseExpired
-    released: int = 0  # LeaseReleased: given back at a graceful stop, attempt not counted
+    released: int = 0  # LeaseReleased: given back unstarted or at a stop, not counted
+    withdrawn: int = 0  # tasks taken back from the pool's queue before they started
     stale_results: int = 0  # results refused by the attempt fence
     results_refused: int = 0  # a success whose result the model could not store (JobFailed)
     submits_refused: int = 0  # leases the pool would not take (their lease expires)
@@ -670,7 +671,11 @@ class Controller:
             made: list[Command] = []
             for result, seed in zip(results, seeds, strict=True):
                 outcome = result.outcome
-                if outcome.ok:
+                if not result.started:
+                    # The handler never ran: the lease goes back uncounted (or, if it
+                    # has expired meanwhile, the fence finds this stale).
+                    made.append(Release(now_ms=now, job_id=result.job_id, attempt=result.attempt))
+                elif outcome.ok:
                     assert outcome.result_json is not None
                     made.append(
                         Complete(
@@ -714,6 +719,7 @@ class Controller:
         return len(results)
 
     def _tick_once(self) -> int:
+        self._withdraw_waiting()
         options = self._options
         outcomes, _lsn, _committer = self._apply(
             lambda now: [
@@ -726,6 +732,36 @@ class Controller:
         )
         events = outcomes[0]
         return len(events) if isinstance(events, tuple) else 0
+
+    def _withdraw_waiting(self) -> None:
+        """The dispatch window's safety net: a task that has waited in the pool for
+        ``WITHDRAW_AFTER`` of its timeout without starting is taken back and its lease
+        released (uncounted) before it can expire (counted).  Leasing ahead is sized
+        from past running times; after quick jobs, slow ones could otherwise be leased
+        far ahead of what the workers can start."""
+        withdrawn = self._pool.withdraw_waiting(WITHDRAW_AFTER)
+        if not withdrawn:
+            return
+        with self._lock:
+            for task in withdrawn:
+                if task.worker_id in self._busy_slots:
+                    self._busy_slots.discard(task.worker_id)
+                    self._free_slots.append(task.worker_id)
+            self.stats.withdrawn += len(withdrawn)
+
+        def stale(command: Command, rejected: Rejected) -> Command | None:
+            # A lease that ended meanwhile (the job was forgotten, say) has nothing to
+            # give back; the fence says so.  Anything else is a bug here: loud.
+            if rejected.rejection.rule in _STALE_RULES:
+                return None
+            raise rejected
+
+        self._apply(
+            lambda now: [
+                Release(now_ms=now, job_id=task.job_id, attempt=task.attempt) for task in withdrawn
+            ],
+            fallback=stale,
+        )
 
     def _dispatch_once(self) -> int:
         """Lease a job for each idle worker; hand them over once the leases are durable."""

@@ -97,6 +97,9 @@ class TaskResult:
     outcome: Outcome
     worker_id: str = ""
     duration_s: float = 0.0
+    # False: the handler never ran (its lease ran out while the task waited in the
+    # queue, or it was withdrawn): the controller gives the lease back uncounted.
+    started: bool = True
 
 
 class PoolFull(Exception):
@@ -129,6 +132,11 @@ class WorkerPool(Protocol):
 
     def end_grace(self) -> None:
         """During ``shutdown``: end the grace now (a second signal), as if it ran out."""
+        ...
+
+    def withdraw_waiting(self, fraction: float) -> list[Task]:
+        """Take back the tasks still waiting to start that have waited ``fraction`` of
+        their timeout or more; they will never start."""
         ...
 
 
@@ -262,6 +270,23 @@ class _PoolBase:
                 run.context.cancelled.set()
         # The worker threads return once their handlers do, which ends shutdown's join.
 
+    def withdraw_waiting(self, fraction: float) -> list[Task]:
+        """Take back every task that has waited, unstarted, ``fraction`` of its timeout
+        or more (the dispatch window's safety net: the window is sized from *past*
+        running times, and a run of slow jobs after quick ones would otherwise wait in
+        the queue until their leases expire, each expiry a counted attempt)."""
+        now = time.monotonic()
+        with self._lock:
+            kept: deque[tuple[Task, float]] = deque()
+            withdrawn: list[Task] = []
+            for task, submitted in self._queue:
+                if now - submitted >= fraction * task.timeout_s:
+                    withdrawn.append(task)
+                else:
+                    kept.append((task, submitted))
+            self._queue = kept
+        return withdrawn
+
     def _after_threads(self) -> None:
         """Called by ``shutdown`` once the worker threads are joined."""
 
@@ -295,6 +320,26 @@ class _PoolBase:
                 )
                 key = (task.job_id, task.attempt)
                 self._running[key] = _Running(task, context, started)
+            if started >= context.deadline:
+                # Its lease has run out while it waited: running it now would race the
+                # next attempt.  Reported unstarted; the controller releases the lease
+                # if it is still live (uncounted) or finds the result stale.
+                with self._lock:
+                    del self._running[key]
+                    report = key not in self._abandoned
+                    self._abandoned.discard(key)
+                if report:
+                    on_result(
+                        TaskResult(
+                            task.job_id,
+                            task.attempt,
+                            Outcome.failure("not started: its lease ran out while it waited"),
+                            task.worker_id,
+                            0.0,
+                            started=False,
+                        )
+                    )
+                continue
             outcome = self._execute(index, task, context)
             duration = time.monotonic() - started
             with self._lock:

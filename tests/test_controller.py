@@ -127,6 +127,10 @@ class FakePool:
     def end_grace(self) -> None:
         """Nothing to end: this pool's shutdown never waits."""
 
+    def withdraw_waiting(self, fraction: float) -> list[Task]:
+        """Nothing waits here: every task runs until the test finishes it."""
+        return []
+
 
 class RecordingCommit(InlineCommit):
     """InlineCommit that also keeps every appended event (in LSN order: appends are
@@ -956,3 +960,45 @@ def test_threaded_run_with_real_handlers_and_graceful_stop(
         )
     finally:
         again.stop()
+
+
+def test_slow_jobs_after_quick_ones_never_die_unstarted(
+    tmp_path: Path, threads_checked: None
+) -> None:
+    """The review's scenario: quick jobs open the dispatch window wide, then slow jobs
+    with one attempt each are leased far ahead.  Without the safety net (withdraw and
+    release what waited half its timeout) most of them expired in the queue, dead
+    without a handler ever running."""
+    directory = str(tmp_path / "data")
+    ran: list[str] = []
+
+    def slow(args: object, context: HandlerContext) -> None:
+        ran.append(context.job_id)
+        context.wait(0.1)
+
+    registry = HandlerRegistry()
+    registry.add("slow", slow)
+    controller = Controller.open(
+        directory,
+        ThreadPool(registry, workers=2),
+        options=ControllerOptions(tick_interval_s=0.02),
+        committer_factory=group_commit_factory(delay_s=0.001),
+    )
+    try:
+        controller.start()
+        controller.enqueue_batch([{"handler": "noop"} for _ in range(50)])
+        assert controller.until_idle(WAIT_S)
+        slow_ids = controller.enqueue_batch(
+            [{"handler": "slow", "timeout_ms": 600, "max_attempts": 1} for _ in range(30)]
+        )
+        assert controller.until_idle(WAIT_S * 3)
+        jobs = {job["job_id"]: job for job in controller.jobs()}
+        assert all(jobs[job_id]["status"] == "completed" for job_id in slow_ids), [
+            (job_id, jobs[job_id]["status"], jobs[job_id]["error"]) for job_id in slow_ids
+        ]
+        assert sorted(set(ran)) == sorted(slow_ids)
+        # The net was needed: leases were taken back unstarted, uncounted.
+        assert controller.stats.withdrawn > 0
+        assert controller.stats.released >= controller.stats.withdrawn
+    finally:
+        controller.stop()

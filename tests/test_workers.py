@@ -404,3 +404,46 @@ def test_end_grace_before_shutdown_makes_its_grace_zero(threads_checked: None) -
     assert pool.shutdown(grace_s=3600.0) == ["held"]
     assert time.monotonic() - started < RESULT_WAIT_S
     assert results.empty()
+
+
+def test_a_task_whose_lease_ran_out_while_it_waited_is_reported_unstarted(
+    threads_checked: None,
+) -> None:
+    gate = Gate()
+    called: list[str] = []
+    registry = HandlerRegistry()
+    registry.add("gate", gate)
+    registry.add("record", lambda args, context: called.append(context.job_id))
+    pool, results = started_pool(registry, workers=1)
+    pool.submit(task("first", "gate"))
+    assert gate.entered.get(timeout=RESULT_WAIT_S) == "first"
+    pool.submit(task("late", "record", timeout_s=0.01))
+    deadline = time.monotonic() + 0.01
+    while time.monotonic() <= deadline:  # its lease runs out while "first" runs
+        threading.Event().wait(0.005)
+    gate.opened.set()
+    first, late = results.get(timeout=RESULT_WAIT_S), results.get(timeout=RESULT_WAIT_S)
+    assert (first.job_id, first.started) == ("first", True)
+    assert (late.job_id, late.started, late.outcome.ok) == ("late", False, False)
+    assert called == []  # never run: it would race the lease's next attempt
+    assert pool.shutdown(1.0) == []
+
+
+def test_withdraw_takes_back_only_tasks_that_waited_long_enough(threads_checked: None) -> None:
+    gate = Gate()
+    registry = HandlerRegistry()
+    registry.add("gate", gate)
+    pool, results = started_pool(registry, workers=1)
+    pool.submit(task("running", "gate"))
+    assert gate.entered.get(timeout=RESULT_WAIT_S) == "running"
+    pool.submit(task("short", "noop", timeout_s=0.02))
+    pool.submit(task("long", "noop", timeout_s=3600.0))
+    deadline = time.monotonic() + 0.01
+    while time.monotonic() <= deadline:  # "short" has waited half its timeout
+        threading.Event().wait(0.005)
+    assert [withdrawn.job_id for withdrawn in pool.withdraw_waiting(0.5)] == ["short"]
+    assert pool.queued == 1  # "long" stays; "running" was never in the queue
+    gate.opened.set()
+    finished = {results.get(timeout=RESULT_WAIT_S).job_id for _ in range(2)}
+    assert finished == {"running", "long"}
+    assert pool.shutdown(1.0) == []
