@@ -73,6 +73,8 @@ CANCEL_WAIT_S_DEFAULT = 5.0
 KILL_MARGIN_S_DEFAULT = 1.0
 #: Process pool: how often a waiting worker thread looks at the cancel flag.
 PROCESS_POLL_S = 0.05
+#: How often the wait for a grace period looks for a second signal.
+_GRACE_POLL_S = 0.05
 #: Tasks that may wait to start, beyond one per worker.  Room to lease a few fsyncs
 #: ahead for short jobs; how much of it is used is the dispatch window's call.
 QUEUE_MAX_DEFAULT = 256
@@ -179,6 +181,7 @@ class _PoolBase:
         # before shutdown looks at what is still running.
         self._given_up: set[tuple[str, int]] = set()
         self._grace_over = False
+        self._grace_ended = threading.Event()
         self._closed = False
         self._threads: list[threading.Thread] = []
         self._on_result: ResultCallback | None = None
@@ -240,7 +243,7 @@ class _PoolBase:
             unfinished = [task.job_id for task, _submitted in self._queue]
             self._queue.clear()
             self._work_ready.notify_all()
-        self._join_until(deadline)
+        self._join_until(deadline, unless=self._grace_ended)
         with self._lock:
             for key, run in self._running.items():
                 # Upholds: a job listed as unfinished never reports a result.
@@ -261,6 +264,7 @@ class _PoolBase:
         as they stop.  Called before ``shutdown``, it makes that shutdown's grace zero."""
         with self._lock:
             self._grace_over = True
+            self._grace_ended.set()  # cuts shutdown's wait for the grace short
             if not self._closed:
                 return
             for key, run in self._running.items():
@@ -293,9 +297,15 @@ class _PoolBase:
     def _execute(self, index: int, task: Task, context: HandlerContext) -> Outcome:
         raise NotImplementedError
 
-    def _join_until(self, deadline: float) -> None:
+    def _join_until(self, deadline: float, unless: threading.Event | None = None) -> None:
+        """Join every worker thread by ``deadline``; stop waiting early once ``unless``
+        is set (a second signal must not wait out a handler that ignores cancel)."""
         for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+            while thread.is_alive():
+                left = deadline - time.monotonic()
+                if left <= 0 or (unless is not None and unless.is_set()):
+                    return
+                thread.join(min(left, _GRACE_POLL_S))
 
     # -- a worker thread ----------------------------------------------------------------
 

@@ -392,6 +392,33 @@ def test_end_grace_stops_a_long_grace_at_once_and_the_job_is_unfinished(
     assert results.empty()  # abandoned: its late "cancelled" return is not reported
 
 
+def test_end_grace_does_not_wait_out_a_handler_that_ignores_cancel() -> None:
+    release = threading.Event()
+    registry = HandlerRegistry()
+    registry.add("stubborn", lambda args, context: release.wait(RESULT_WAIT_S))
+    pool = ThreadPool(registry, 1, cancel_wait_s=0.05)
+    results: queue.Queue[TaskResult] = queue.Queue()
+    pool.start(results.put)
+    pool.submit(task("stubborn", "stubborn"))
+    deadline = time.monotonic() + RESULT_WAIT_S
+    while not pool.running():
+        assert time.monotonic() < deadline
+        threading.Event().wait(0.005)
+    answer: queue.Queue[list[str]] = queue.Queue()
+    stopper = threading.Thread(target=lambda: answer.put(pool.shutdown(grace_s=3600.0)))
+    started = time.monotonic()
+    stopper.start()
+    pool.end_grace()
+    try:
+        assert answer.get(timeout=RESULT_WAIT_S) == ["stubborn"]
+        assert time.monotonic() - started < RESULT_WAIT_S
+        assert pool.stuck_threads  # it ignored cancel: listed, not waited for
+    finally:
+        release.set()
+        stopper.join()
+    assert results.empty()
+
+
 def test_end_grace_before_shutdown_makes_its_grace_zero(threads_checked: None) -> None:
     gate = Gate()
     registry = HandlerRegistry()
