@@ -103,8 +103,12 @@ _STOP = object()  # the result loop's sentinel
 
 
 class ControllerObserver(Protocol):
-    """What happens, told as it happens (the metrics are one observer).  Both calls
-    come from the controller's threads without its lock held; neither may block."""
+    """What happens, told as it happens (the metrics are one observer).
+
+    Both calls come from the controller's threads, and a durable batch may be told
+    while a snapshot holds the controller's lock: an observer must not block, call
+    the controller or take its lock.  An observer that raises is dropped (and counted
+    in ``stats.observer_errors``): the queue does not stop for its onlookers."""
 
     def result_received(self, result: TaskResult) -> None:
         """A worker reported how an attempt ended (before the fence judges it)."""
@@ -266,6 +270,8 @@ class Stats:
     expired: int = 0  # LeaseExpired
     released: int = 0  # LeaseReleased: given back unstarted or at a stop, not counted
     withdrawn: int = 0  # tasks taken back from the pool's queue before they started
+    observer_errors: int = 0  # observers dropped because they raised
+    observer_error_last: str | None = None
     stale_results: int = 0  # results refused by the attempt fence
     results_refused: int = 0  # a success whose result the model could not store (JobFailed)
     submits_refused: int = 0  # leases the pool would not take (their lease expires)
@@ -639,7 +645,7 @@ class Controller:
     def add_observer(self, observer: ControllerObserver) -> None:
         """Tell ``observer`` of every later result and durable batch."""
         with self._lock:
-            self._observers = (*self._observers, observer)
+            self._observers = (*self._observers, observer)  # copied on write
 
     def _new_committer(self) -> Committer:
         committer = self._committer_factory(self._storage)
@@ -647,8 +653,28 @@ class Controller:
         return committer
 
     def _batch_durable(self, events: int, seconds: float) -> None:
+        # On the flusher thread: an exception here would end it and leave every
+        # producer waiting for durability forever.
         for observer in self._observers:
-            observer.batch_durable(events, seconds)
+            try:
+                observer.batch_durable(events, seconds)
+            except Exception as error:
+                self._drop_observer(observer, error)
+
+    def _tell_results(self, results: Sequence[TaskResult]) -> None:
+        for observer in self._observers:
+            try:
+                for result in results:
+                    observer.result_received(result)
+            except Exception as error:
+                self._drop_observer(observer, error)
+
+    def _drop_observer(self, observer: ControllerObserver, error: Exception) -> None:
+        # Copy on write without the lock (a snapshot may hold it while this runs on
+        # the flusher thread); a lost race only delays the drop to the next call.
+        self._observers = tuple(kept for kept in self._observers if kept is not observer)
+        self.stats.observer_errors += 1
+        self.stats.observer_error_last = f"{type(error).__name__}: {error}"
 
     def _on_result(self, result: TaskResult) -> None:
         """The pool's callback, on a worker thread: never blocks (R3)."""
@@ -656,9 +682,7 @@ class Controller:
 
     def _process_results(self, results: Sequence[TaskResult]) -> int:
         """The result loop's body: Complete/Fail for each; stale ones are counted."""
-        for observer in self._observers:  # outside the lock, as promised
-            for result in results:
-                observer.result_received(result)
+        self._tell_results(results)  # outside the lock
         with self._lock:
             for result in results:
                 if result.worker_id in self._busy_slots:

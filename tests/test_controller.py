@@ -357,6 +357,32 @@ def test_an_observer_is_told_of_every_result_and_every_durable_event() -> None:
     world.check()
 
 
+class Raising(Recorder):
+    def batch_durable(self, events: int, seconds: float) -> None:
+        raise RuntimeError("an onlooker's bug")
+
+
+def test_an_observer_that_raises_is_dropped_and_the_queue_goes_on(threads_checked: None) -> None:
+    """A raising observer on the flusher thread used to end that thread: every later
+    durable wait then blocked forever."""
+    controller = Controller.open(DIRECTORY, ThreadPool(HandlerRegistry(), workers=1), fs=CrashFS())
+    healthy, broken = Recorder(), Raising()
+    controller.add_observer(broken)
+    controller.add_observer(healthy)
+    try:
+        controller.start()
+        producer = threading.Thread(target=lambda: [controller.enqueue("noop") for _ in range(3)])
+        producer.start()
+        producer.join(WAIT_S)  # each enqueue waits for a durable batch
+        assert not producer.is_alive(), "a durable wait hung: the flusher thread died"
+        assert controller.until_idle(WAIT_S)
+        assert controller.stats.observer_errors == 1
+        assert controller.stats.observer_error_last == "RuntimeError: an onlooker's bug"
+        assert len(healthy.results) == 3 and healthy.batches
+    finally:
+        controller.stop()
+
+
 def test_failure_retries_with_backoff_then_dies() -> None:
     world = World()
     job_id = world.enqueue(max_attempts=2, backoff_base_ms=100, backoff_cap_ms=100)
