@@ -330,6 +330,15 @@ class Controller:
             # More slots than the model allows leases would make Lease refuse
             # (in_flight_max_reached) while the dispatcher sees an idle slot.
             raise ValueError(f"pool capacity must be in 1..IN_FLIGHT_MAX, got {pool.capacity}")
+        # Of the slots, how many may be busy at once: one per worker, plus as many
+        # leased ahead as the workers will start soon (R2 makes every lease cost a
+        # durable append; leasing ahead shares one fsync among many).  Built, and so
+        # checked, before anything that needs closing (the group commit's thread).
+        self._window = DispatchWindow(
+            workers=pool.workers,
+            capacity=pool.capacity,
+            horizon_s=self._options.dispatch_horizon_s,
+        )
         self._state = state
         # Copied on write (add_observer), so readers iterate without the lock.
         self._observers: tuple[ControllerObserver, ...] = ()
@@ -338,14 +347,6 @@ class Controller:
         # can be made durable while the workers still run the previous ones.
         self._free_slots = [f"{runner_id}-w{index}" for index in reversed(range(pool.capacity))]
         self._busy_slots: set[str] = set()
-        # Of the slots, how many may be busy at once: one per worker, plus as many
-        # leased ahead as the workers will start soon (R2 makes every lease cost a
-        # durable append; leasing ahead shares one fsync among many).
-        self._window = DispatchWindow(
-            workers=pool.workers,
-            capacity=pool.capacity,
-            horizon_s=self._options.dispatch_horizon_s,
-        )
         # R3: one result per outstanding task, at most one task per slot (+1: the
         # result loop's stop sentinel).
         self._results: queue.Queue[object] = queue.Queue(maxsize=pool.capacity + 1)

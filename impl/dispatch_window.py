@@ -19,6 +19,8 @@ whole pool's capacity; for one-second jobs, none beyond one per worker.
 
 from __future__ import annotations
 
+import math
+
 import attrs
 
 #: How soon a task leased ahead should start: a few fsyncs' worth.
@@ -45,8 +47,8 @@ class DispatchWindow:
     def __attrs_post_init__(self) -> None:
         if not 1 <= self.workers <= self.capacity:
             raise ValueError(f"need 1 <= workers <= capacity, got {self.workers}, {self.capacity}")
-        if self.horizon_s < 0:
-            raise ValueError(f"horizon_s must be >= 0, got {self.horizon_s}")
+        if not (math.isfinite(self.horizon_s) and self.horizon_s >= 0):
+            raise ValueError(f"horizon_s must be a finite number >= 0, got {self.horizon_s}")
 
     def observe(self, duration_s: float) -> None:
         """Fold in one handler's running time (seconds, >= 0)."""

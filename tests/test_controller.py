@@ -371,7 +371,9 @@ def test_an_observer_that_raises_is_dropped_and_the_queue_goes_on(threads_checke
     controller.add_observer(healthy)
     try:
         controller.start()
-        producer = threading.Thread(target=lambda: [controller.enqueue("noop") for _ in range(3)])
+        producer = threading.Thread(
+            target=lambda: [controller.enqueue("noop") for _ in range(3)], daemon=True
+        )
         producer.start()
         producer.join(WAIT_S)  # each enqueue waits for a durable batch
         assert not producer.is_alive(), "a durable wait hung: the flusher thread died"
@@ -1028,3 +1030,17 @@ def test_slow_jobs_after_quick_ones_never_die_unstarted(
         assert controller.stats.released >= controller.stats.withdrawn
     finally:
         controller.stop()
+
+
+def test_a_bad_dispatch_horizon_is_refused_before_any_thread_starts(threads_checked: None) -> None:
+    fs = CrashFS()
+    for horizon in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="horizon_s must be a finite number"):
+            Controller.open(
+                DIRECTORY,
+                ThreadPool(HandlerRegistry(), workers=1),
+                fs=fs,
+                options=ControllerOptions(dispatch_horizon_s=horizon),
+            )
+    # Nothing was left holding the directory: it opens.
+    Controller.open(DIRECTORY, ThreadPool(HandlerRegistry(), workers=1), fs=fs).stop()

@@ -69,7 +69,8 @@ def test_instant_handlers_open_the_whole_capacity_and_slow_ones_none_ahead() -> 
 
 
 @pytest.mark.parametrize(
-    ("workers", "capacity", "horizon"), [(0, 4, 0.05), (5, 4, 0.05), (1, 4, -1.0)]
+    ("workers", "capacity", "horizon"),
+    [(0, 4, 0.05), (5, 4, 0.05), (1, 4, -1.0), (1, 4, float("nan")), (1, 4, float("inf"))],
 )
 def test_a_window_refuses_impossible_bounds(workers: int, capacity: int, horizon: float) -> None:
     with pytest.raises(ValueError, match=r"must be|need"):
