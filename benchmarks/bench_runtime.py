@@ -68,7 +68,7 @@ import attrs
 
 from beaverq.impl.controller import Controller
 from beaverq.impl.fs import RealFileSystem
-from beaverq.impl.gc_policy import restore_interpreter_defaults, tune_for_long_lived_state
+from beaverq.impl.gc_policy import release_tuning, tune_for_long_lived_state
 from beaverq.impl.handlers import HandlerContext, HandlerRegistry
 from beaverq.impl.workers import ThreadPool
 
@@ -247,7 +247,7 @@ def beaverq_open(path: str, workers: int) -> Controller:
 
 def beaverq_close(controller: Controller) -> None:
     controller.stop()
-    restore_interpreter_defaults()
+    release_tuning()
 
 
 def beaverq_completed(controller: Controller) -> int:

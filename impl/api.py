@@ -31,7 +31,7 @@ from .control import ControlServer, _perform_or_fail, execute, job_request
 from .controller import Controller, ControllerOptions
 from .dispatch_window import HORIZON_S_DEFAULT
 from .fs import DataDirLocked, RealFileSystem, StorageError
-from .gc_policy import restore_interpreter_defaults, tune_for_long_lived_state
+from .gc_policy import release_tuning, tune_for_long_lived_state
 from .handlers import HandlerFunction, HandlerRegistry
 from .workers import ProcessPool, ThreadPool, WorkerPool
 
@@ -119,7 +119,7 @@ class Runner:
             self._fs.close()
             if self._gc_tuned:
                 # The process may go on without a runner (a program, a test session).
-                restore_interpreter_defaults()
+                release_tuning()
                 self._gc_tuned = False
 
     def end_grace_now(self) -> None:

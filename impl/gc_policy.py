@@ -21,30 +21,73 @@ What (``tune_for_long_lived_state``, called once the state is recovered):
   thread's bookkeeping) are still collected, just in larger, rarer batches.
 
 This is a process-wide setting, so the runner applies it (``beaverq run``,
-``impl.api.Runner``); a program that embeds a ``Controller`` decides for itself.
+``impl.api.Runner``, which releases it at ``stop``: the last runner to stop puts back
+the thresholds it found); a program that embeds a ``Controller`` decides for itself.
 """
 
 from __future__ import annotations
 
 import gc
+import threading
 
 #: Allocations between young collections (the interpreter's default is 700).
 YOUNG_THRESHOLD = 50_000
-#: Young collections per middle one, middle ones per full one.
+#: Young collections per middle one (20), middle ones per full one (100): a full
+#: collection comes once per 2,000 young ones, 100 million allocations.
 MIDDLE_EVERY = 20
 FULL_EVERY = 100
-#: What the interpreter had before any tuning (CPython 3.11: 700, 10, 10).
-INTERPRETER_DEFAULTS = gc.get_threshold()
+
+
+class _Tuning:
+    """Who holds the tuning, and what to put back when the last one lets go.
+
+    A process may run several runners (tests do); the first to tune saves the
+    thresholds in effect, the last to release restores them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._holders = 0
+        self._saved: tuple[int, int, int] = gc.get_threshold()
+
+    def acquire(self) -> None:
+        with self._lock:
+            gc.collect()  # nothing that is garbage now gets frozen
+            gc.freeze()  # every holder's state: each freezes what is alive at its start
+            if self._holders == 0:
+                self._saved = gc.get_threshold()
+                gc.set_threshold(YOUNG_THRESHOLD, MIDDLE_EVERY, FULL_EVERY)
+            self._holders += 1
+
+    def release(self) -> None:
+        with self._lock:
+            assert self._holders > 0, "release_tuning() without tune_for_long_lived_state()"
+            self._holders -= 1
+            if self._holders == 0:
+                gc.set_threshold(*self._saved)
+                # Back into the collected generations: everything frozen, which includes
+                # anything the program froze itself (gc has no partial unfreeze; such a
+                # program should run its runners with tune_gc=False).
+                gc.unfreeze()
+
+    @property
+    def holders(self) -> int:
+        return self._holders
+
+
+_TUNING = _Tuning()
 
 
 def tune_for_long_lived_state() -> None:
-    """Freeze what is alive now and space collections out (see the module doc)."""
-    gc.collect()  # nothing that is garbage now gets frozen
-    gc.freeze()
-    gc.set_threshold(YOUNG_THRESHOLD, MIDDLE_EVERY, FULL_EVERY)
+    """Freeze what is alive now and space collections out (see the module doc).
+    Pair every call with ``release_tuning()``."""
+    _TUNING.acquire()
 
 
-def restore_interpreter_defaults() -> None:
-    """Undo ``tune_for_long_lived_state`` (for benchmarks and tests that compare)."""
-    gc.unfreeze()
-    gc.set_threshold(*INTERPRETER_DEFAULTS)
+def release_tuning() -> None:
+    """Undo one ``tune_for_long_lived_state``; the last one restores what was there."""
+    _TUNING.release()
+
+
+def tuning_holders() -> int:
+    """How many tunings are in force (for tests)."""
+    return _TUNING.holders

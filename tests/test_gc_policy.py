@@ -15,13 +15,15 @@ from strategies import command_lists, run
 
 from beaverq.impl.gc_policy import (
     FULL_EVERY,
-    INTERPRETER_DEFAULTS,
     MIDDLE_EVERY,
     YOUNG_THRESHOLD,
-    restore_interpreter_defaults,
+    release_tuning,
     tune_for_long_lived_state,
+    tuning_holders,
 )
+from beaverq.impl.codec import decode_checkpoint, encode_checkpoint
 from beaverq.model import Command
+from beaverq.model.checkpoint import checkpoint_of, restore
 
 
 @given(command_lists(max_size=40))
@@ -31,7 +33,10 @@ def test_the_model_makes_no_reference_cycles(commands: list[Command]) -> None:
     gc.disable()
     try:
         events, states = run(commands)
-        del events, states
+        # What a runner actually freezes is a state decoded from a snapshot: that too.
+        decoded = restore(decode_checkpoint(encode_checkpoint(checkpoint_of(states[-1]))))
+        assert decoded == states[-1]
+        del events, states, decoded
         # Whatever the cyclic collector finds now, reference counting could not free:
         # it would leak once frozen.  There must be nothing.
         assert gc.collect() == 0
@@ -40,24 +45,32 @@ def test_the_model_makes_no_reference_cycles(commands: list[Command]) -> None:
             gc.enable()
 
 
-def test_tuning_freezes_what_is_alive_and_spaces_collections_and_can_be_undone() -> None:
+def test_tuning_freezes_what_is_alive_and_spaces_collections_until_released() -> None:
     before = gc.get_threshold()
+    tune_for_long_lived_state()
     try:
-        tune_for_long_lived_state()
         assert gc.get_freeze_count() > 0
         assert gc.get_threshold() == (YOUNG_THRESHOLD, MIDDLE_EVERY, FULL_EVERY)
     finally:
-        restore_interpreter_defaults()
-        gc.set_threshold(*before)
+        release_tuning()
     assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == before  # what was there, not a guess at defaults
 
 
-def test_restoring_gives_the_interpreter_its_own_thresholds_back() -> None:
+def test_nested_tunings_restore_only_when_the_last_is_released() -> None:
     before = gc.get_threshold()
+    gc.set_threshold(1234, 5, 6)  # a program's own setting
     try:
-        gc.set_threshold(1, 2, 3)
-        restore_interpreter_defaults()
-        assert gc.get_threshold() == INTERPRETER_DEFAULTS
+        tune_for_long_lived_state()
+        tune_for_long_lived_state()  # a second runner in the same process
+        release_tuning()  # the first stops: the second still runs tuned
+        assert tuning_holders() == 1
+        assert gc.get_threshold() == (YOUNG_THRESHOLD, MIDDLE_EVERY, FULL_EVERY)
+        assert gc.get_freeze_count() > 0
+        release_tuning()
+        assert tuning_holders() == 0
+        assert gc.get_threshold() == (1234, 5, 6)
+        assert gc.get_freeze_count() == 0
     finally:
         gc.set_threshold(*before)
 
@@ -73,5 +86,4 @@ def test_a_runner_tunes_the_collector_while_it_runs_and_restores_it(tmp_path) ->
         assert gc.get_freeze_count() > 0
         assert runner.until_idle(30)
     assert gc.get_freeze_count() == 0
-    assert gc.get_threshold() == INTERPRETER_DEFAULTS
-    gc.set_threshold(*before)
+    assert gc.get_threshold() == before
