@@ -13,6 +13,7 @@ import gc
 from hypothesis import given
 from strategies import command_lists, run
 
+from beaverq.impl.codec import decode_checkpoint, encode_checkpoint
 from beaverq.impl.gc_policy import (
     FULL_EVERY,
     MIDDLE_EVERY,
@@ -21,7 +22,6 @@ from beaverq.impl.gc_policy import (
     tune_for_long_lived_state,
     tuning_holders,
 )
-from beaverq.impl.codec import decode_checkpoint, encode_checkpoint
 from beaverq.model import Command
 from beaverq.model.checkpoint import checkpoint_of, restore
 
