@@ -342,7 +342,7 @@ def _format_status(status: dict[str, Any]) -> str:
             f"{recovery['leases_abandoned']} leases abandoned"
         )
         lines.append(
-            f"runner: {runtime['workers']} workers, {runtime['busy_workers']} busy; "
+            f"runner: {runtime['workers']} workers, {runtime['tasks_held']} tasks held; "
             f"{runtime['dispatched']} dispatched, {runtime['completed']} completed, "
             f"{runtime['retried']} retried, {runtime['dead']} dead since it started"
         )
@@ -500,7 +500,7 @@ def _add_run(subparsers: Subparsers[_Parser]) -> _Parser:
         metavar="SECONDS",
         help="lease jobs the workers will start within this time, so one fsync covers "
         f"many leases (default {HORIZON_S_DEFAULT:g}; 0: one lease per idle worker, so a "
-        "crash never costs a job an attempt it never ran; docs/runtime.md)",
+        "crash costs at most one unstarted attempt per worker; docs/runtime.md)",
     )
     parser.add_argument("--allow-shell", action="store_true", help="register the shell handler")
     parser.add_argument(
@@ -628,7 +628,8 @@ def _stop_runner(runner: Any, signals: _Signals, grace_s: float) -> int:
         return _fail(str(outcome["failure"]))
     unfinished = outcome.get("unfinished", [])
     print(
-        f"{PROG}: stopped; {len(unfinished)} running jobs returned to the queue",
+        f"{PROG}: stopped; {len(unfinished)} unfinished jobs released back to the queue "
+        "(attempts not counted)",
         file=sys.stderr,
         flush=True,
     )

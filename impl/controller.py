@@ -604,11 +604,13 @@ class Controller:
         state = self._durable_state()
         with self._lock:
             stats = attrs.asdict(self.stats)
-            busy = len(self._busy_slots)
+            held = len(self._busy_slots)
         return status_of(state) | {
             "durable_lsn": state.last_lsn,
             "recovery": self.recovery.as_dict(),
-            "runtime": stats | {"workers": self._pool.workers, "busy_workers": busy},
+            # Tasks the pool holds for this runner: running, or leased ahead and
+            # waiting to start (the dispatch window), so it may exceed the workers.
+            "runtime": stats | {"workers": self._pool.workers, "tasks_held": held},
         }
 
     def jobs(
@@ -789,7 +791,8 @@ class Controller:
         )
 
     def _dispatch_once(self) -> int:
-        """Lease a job for each idle worker; hand them over once the leases are durable."""
+        """Lease a job for each free slot inside the dispatch window; hand the tasks to
+        the pool once the leases are durable (R2)."""
         with self._lock:
             allowed = self._leases_allowed()
             if self._stopping or allowed <= 0:
@@ -800,6 +803,8 @@ class Controller:
 
         def take_slots(outcomes: Sequence[object], state: State) -> None:
             # Under the lock, with the leases published: the slots turn busy at once.
+            # The pool's clock (not the controller's, which may be a fake one).
+            leased_at = time.monotonic()
             for worker_id, granted in zip(slots, outcomes, strict=True):
                 if not isinstance(granted, tuple) or not granted:
                     continue  # nothing ready (or in_flight_max_reached): no lease
@@ -814,6 +819,7 @@ class Controller:
                         args_json=spec.args_json,
                         timeout_s=spec.timeout_ms / 1000.0,
                         worker_id=worker_id,
+                        leased_at=leased_at,
                     )
                 )
                 self._free_slots.remove(worker_id)
@@ -872,12 +878,13 @@ class Controller:
         """Every N events (the design's bound on the WAL tail a recovery replays), or
         every interval if the tail is worth it.
 
-        A snapshot writes every job; replaying an event costs about ten times what
-        loading a job does (docs/performance.md).  So a tail shorter than a tenth of
-        the jobs replays faster than the snapshot loads, and snapshotting it would
-        only burn CPU: a trickle of jobs over 100,000 retained ones would otherwise
-        write all of them every 2 s.  Recovery stays bounded either way: the tail
-        never exceeds N events, and below the ratio it costs less than the load."""
+        The interval keeps recoveries short.  But a recovery loads every job of the
+        snapshot anyway, and replaying an event costs about ten times loading a job
+        (docs/performance.md): a tail below a tenth of the jobs adds at most about
+        that load again.  Writing every job to save so little is wasted CPU (a
+        trickle of jobs over 100,000 retained ones would rewrite all of them every
+        2 s).  So: recovery stays within about twice its unavoidable load time, and
+        the tail never exceeds N events."""
         options = self._options
         since = self._events_since_snapshot
         if since >= options.snapshot_every_events:
@@ -1065,21 +1072,24 @@ class Controller:
         one no result will ever end; each of this process's leases, since ``Recover``
         abandoned any older ones at the start (R5).  ``Release`` puts the job back
         without counting the attempt: an interrupted job is not a failed one."""
-        with self._lock:
-            live = sorted(
-                (job_id, self._state.jobs[job_id].attempt) for job_id in self._state.in_flight
-            )
-        if not live:
-            return []
+        released: list[str] = []
+
+        def releases(now: int) -> list[Command]:
+            # Under the lock (``_apply``): the leases read are the leases released.
+            state = self._state
+            released.extend(sorted(state.in_flight))
+            return [
+                Release(now_ms=now, job_id=job_id, attempt=state.jobs[job_id].attempt)
+                for job_id in released
+            ]
+
         outcomes, lsn, committer = self._apply(
-            lambda now: [
-                Release(now_ms=now, job_id=job_id, attempt=attempt) for job_id, attempt in live
-            ],
+            releases,
             atomic=True,  # nothing else runs now: a refusal here is a bug, loud
         )
         self._wait_durable(committer, lsn)
         assert all(isinstance(outcome, tuple) and outcome for outcome in outcomes), outcomes
-        return [job_id for job_id, _attempt in live]
+        return released
 
     def halt(self) -> None:
         """Stop at once, as close to a crash as one process can come: no grace, no

@@ -186,7 +186,7 @@ class _ControllerCollector:
             return GaugeMetricFamily(name, documentation, value=value)
 
         yield counter(
-            "queue_jobs_dispatched_total", "Leases granted (attempts handed to a worker).",
+            "queue_jobs_dispatched_total", "Leases granted (attempts leased to a worker slot).",
             "dispatched",
         )  # fmt: skip
         yield counter("queue_jobs_completed_total", "Jobs completed.", "completed")

@@ -90,6 +90,10 @@ class Task:
     args_json: str
     timeout_s: float
     worker_id: str = ""
+    # ``time.monotonic()`` when the lease was granted (None: when handed over).  The
+    # lease's clock starts there, before the fsync that makes it durable, so the
+    # handler's deadline does too.
+    leased_at: float | None = None
 
 
 @attrs.frozen
@@ -324,9 +328,10 @@ class _PoolBase:
                     job_id=task.job_id,
                     attempt=task.attempt,
                     timeout_s=task.timeout_s,
-                    # From the handover, like the lease: a handler never gets more
+                    # From the lease, not from the start: a handler never gets more
                     # time than its lease, however long the task waited.
-                    deadline=submitted + task.timeout_s,
+                    deadline=(submitted if task.leased_at is None else task.leased_at)
+                    + task.timeout_s,
                 )
                 key = (task.job_id, task.attempt)
                 self._running[key] = _Running(task, context, started)

@@ -258,7 +258,7 @@ def test_sigint_stops_gracefully_and_returns_unfinished_jobs(
     wait_until(lambda: state_of(data_dir, "long") == "in_flight")
     code, err = runner.stop(signal.SIGINT)
     assert code == 0, err
-    assert "1 running jobs returned to the queue" in err
+    assert "1 unfinished jobs released back to the queue (attempts not counted)" in err
     # Released by the stop itself (LeaseReleased): pending on disk, the interrupted
     # attempt recorded as released and not counted against max_attempts.
     detail = json.loads(beaverq(data_dir, "show", "long", "--json").stdout)

@@ -583,7 +583,7 @@ def test_graceful_stop_releases_running_jobs_uncounted() -> None:
     controller.stop()
 
 
-def test_a_result_that_arrives_within_the_grace_is_recorded_not_released() -> None:
+def test_a_result_reported_before_the_stop_is_recorded_not_released() -> None:
     world = World(workers=2)
     for _ in range(2):
         world.enqueue()
@@ -667,7 +667,9 @@ def test_random_workloads_with_crashes_match_the_model(
     options = ControllerOptions(
         runner_id="h", jitter_seed=11, tick_interval_s=0.2, snapshot_every_events=25
     )
-    world = World(options=options, workers=3)
+    # Room in the pool: with instant fake results the dispatch window leases ahead, so
+    # the model comparison covers leases that wait in the pool too.
+    world = World(options=options, workers=3, room=data.draw(st.sampled_from([0, 5])))
     controller = lambda: world.controller  # noqa: E731 (it changes at each crash)
     released = 0
     for action in actions:

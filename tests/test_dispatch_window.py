@@ -101,3 +101,27 @@ def test_a_task_that_waited_in_the_queue_keeps_the_deadline_of_its_lease() -> No
     finally:
         release.set()
         pool.shutdown(1.0)
+
+
+def test_the_deadline_counts_from_the_grant_of_the_lease_when_the_task_says_when() -> None:
+    """The lease's clock starts before the fsync that makes it durable (R2)."""
+    seen: queue.Queue[float] = queue.Queue()
+    registry = HandlerRegistry()
+    registry.add("report", lambda args, context: seen.put(context.deadline))
+    pool = ThreadPool(registry, 1)
+    pool.start(lambda result: None)
+    leased_at = time.monotonic() - 5.0  # e.g. a long fsync, or a snapshot's pause
+    try:
+        pool.submit(
+            Task(
+                job_id="a",
+                attempt=1,
+                handler="report",
+                args_json="null",
+                timeout_s=30,
+                leased_at=leased_at,
+            )
+        )
+        assert seen.get(timeout=10) == leased_at + 30
+    finally:
+        pool.shutdown(1.0)
