@@ -68,6 +68,7 @@ METRIC_NAMES = (
     "queue_jobs",
     "queue_jobs_expired_total",
     "queue_jobs_released_total",
+    "queue_tasks_withdrawn_total",
     "queue_jobs_cancelled_total",
     "queue_results_stale_total",
     "queue_wal_fsync_seconds",
@@ -199,8 +200,14 @@ class _ControllerCollector:
         yield counter("queue_jobs_cancelled_total", "Jobs that reached CANCELLED.", "cancelled")
         yield counter(
             "queue_jobs_released_total",
-            "Leases given back at a graceful stop (the attempt not counted).",
+            "Leases given back unstarted or at a graceful stop (the attempt not counted).",
             "released",
+        )
+        yield counter(
+            "queue_tasks_withdrawn_total",
+            "Tasks leased ahead that waited half their timeout unstarted and were taken "
+            "back (the dispatch window's safety net).",
+            "withdrawn",
         )
         yield counter(
             "queue_jobs_expired_total", "Leases that passed their deadline (timeouts).", "expired"
