@@ -36,6 +36,7 @@ def run_round(tests: list[str], seed: int, log_dir: Path, number: int) -> tuple[
         "-p",
         "no:cacheprovider",
         "--hypothesis-profile=thorough",
+        "--hypothesis-show-statistics",  # runs made, and where the time went
         f"--hypothesis-seed={seed}",
         *tests,
     ]
