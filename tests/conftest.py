@@ -6,6 +6,10 @@ Three profiles are registered:
   blob on failure. The ``too_slow`` health check is off because shared CI machines vary in speed.
 - ``dev``: 20 examples, for a quick edit-and-rerun loop.
 - ``thorough``: 10,000 examples and stateful runs of up to 200 steps, for a long hunt.
+  ``BEAVERQ_THOROUGH_EXAMPLES`` changes the number of examples (same depth per run):
+  one 10,000-run round of the storage crash machine takes about four hours on a free
+  core, so ``tools/hunt.py --examples 500`` hunts in rounds of minutes, each with a
+  verdict and a seed to replay.
 
 There are two ways to choose a profile:
 
@@ -41,7 +45,7 @@ settings.register_profile(
 )
 settings.register_profile(
     "thorough",
-    max_examples=10_000,
+    max_examples=int(os.environ.get("BEAVERQ_THOROUGH_EXAMPLES", "10000")),
     stateful_step_count=200,
     deadline=None,
     print_blob=True,

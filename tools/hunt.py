@@ -8,7 +8,13 @@ can be quoted with figures.
 
 Usage (from the repo root, in the project's venv)::
 
-    python tools/hunt.py --hours 2.5 --log hunt.log tests/stateful/test_storage_crash.py
+    python tools/hunt.py --hours 2.5 --examples 500 --log hunt.log \
+        tests/stateful/test_storage_crash.py
+
+One full ``thorough`` round of the storage crash machine (10,000 runs of up to 200
+steps) takes about four hours on a free core; ``--examples`` makes rounds smaller (the
+same depth per run, fewer runs per seed), so that a hunt of a few hours ends rounds and
+logs verdicts.
 
 Exit status: 0 if every round passed, 1 at the first failing round (the hunt stops there,
 since the point is a shrunk, replayable example, not a count of failures).
@@ -25,7 +31,9 @@ import time
 from pathlib import Path
 
 
-def run_round(tests: list[str], seed: int, log_dir: Path, number: int) -> tuple[bool, float]:
+def run_round(
+    tests: list[str], seed: int, log_dir: Path, number: int, examples: int | None
+) -> tuple[bool, float]:
     """One pytest run of ``tests`` under the thorough profile; its output kept in a file."""
     output = log_dir / f"round-{number:03d}.txt"
     command = [
@@ -40,9 +48,14 @@ def run_round(tests: list[str], seed: int, log_dir: Path, number: int) -> tuple[
         f"--hypothesis-seed={seed}",
         *tests,
     ]
+    environment = dict(os.environ)
+    if examples is not None:
+        environment["BEAVERQ_THOROUGH_EXAMPLES"] = str(examples)  # tests/conftest.py
     started = time.monotonic()
     with output.open("w") as sink:
-        finished = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT, check=False)
+        finished = subprocess.run(
+            command, stdout=sink, stderr=subprocess.STDOUT, check=False, env=environment
+        )
     return finished.returncode == 0, time.monotonic() - started
 
 
@@ -53,9 +66,17 @@ def main(argv: list[str] | None = None) -> int:
         "--hours", type=float, required=True, help="stop starting rounds after this"
     )
     parser.add_argument("--log", type=Path, required=True, help="summary log (one line per round)")
+    parser.add_argument(
+        "--examples",
+        type=int,
+        help="runs per round (default: the thorough profile's 10,000, about four hours "
+        "for the storage crash machine on a free core)",
+    )
     args = parser.parse_args(argv)
     if args.hours <= 0:
         parser.error("--hours must be positive")
+    if args.examples is not None and args.examples < 1:
+        parser.error("--examples must be at least 1")
 
     log_dir = args.log.with_suffix(".rounds")
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -72,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         while time.monotonic() < deadline:
             number += 1
             seed = seeds.getrandbits(64)
-            passed, seconds = run_round(args.tests, seed, log_dir, number)
+            passed, seconds = run_round(args.tests, seed, log_dir, number, args.examples)
             total += seconds
             verdict = "passed" if passed else "FAILED"
             log.write(
