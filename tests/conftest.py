@@ -7,9 +7,9 @@ Three profiles are registered:
 - ``dev``: 20 examples, for a quick edit-and-rerun loop.
 - ``thorough``: 10,000 examples and stateful runs of up to 200 steps, for a long hunt.
   ``BEAVERQ_THOROUGH_EXAMPLES`` changes the number of examples (same depth per run):
-  one 10,000-run round of the storage crash machine takes about four hours on a free
-  core, so ``tools/hunt.py --examples 500`` hunts in rounds of minutes, each with a
-  verdict and a seed to replay.
+  one 10,000-run round of the storage crash machine takes about two hours on a free
+  core (0.7 s per run, measured), so ``tools/hunt.py --examples 500`` hunts in rounds
+  of minutes, each with a verdict and a seed to replay.
 
 There are two ways to choose a profile:
 
