@@ -935,6 +935,19 @@ def test_many_producers_every_acknowledged_job_ends_and_completes_once(
         storage.close()
 
 
+def open_threaded(directory: str, **handlers: Callable[[object, HandlerContext], object]):
+    """A threaded controller on the real disk: two workers, fast ticks and flushes."""
+    registry = HandlerRegistry()
+    for name, function in handlers.items():
+        registry.add(name, function)
+    return Controller.open(
+        directory,
+        ThreadPool(registry, workers=2),
+        options=ControllerOptions(tick_interval_s=0.02),
+        committer_factory=group_commit_factory(delay_s=0.001),
+    )
+
+
 def test_threaded_run_with_real_handlers_and_graceful_stop(
     tmp_path: Path, threads_checked: None
 ) -> None:
@@ -946,14 +959,7 @@ def test_threaded_run_with_real_handlers_and_graceful_stop(
         context.wait(WAIT_S)
         return "interrupted"
 
-    registry = HandlerRegistry()
-    registry.add("slow", slow)
-    controller = Controller.open(
-        directory,
-        ThreadPool(registry, workers=2),
-        options=ControllerOptions(tick_interval_s=0.02),
-        committer_factory=group_commit_factory(delay_s=0.001),
-    )
+    controller = open_threaded(directory, slow=slow)
     controller.start()
     ok = controller.enqueue("noop")
     unknown = controller.enqueue("no.such:handler", max_attempts=1)
@@ -1006,14 +1012,7 @@ def test_slow_jobs_after_quick_ones_never_die_unstarted(
         ran.append(context.job_id)
         context.wait(0.1)
 
-    registry = HandlerRegistry()
-    registry.add("slow", slow)
-    controller = Controller.open(
-        directory,
-        ThreadPool(registry, workers=2),
-        options=ControllerOptions(tick_interval_s=0.02),
-        committer_factory=group_commit_factory(delay_s=0.001),
-    )
+    controller = open_threaded(directory, slow=slow)
     try:
         controller.start()
         controller.enqueue_batch([{"handler": "noop"} for _ in range(50)])
