@@ -67,6 +67,8 @@ from beaverq.model import (
     initial_state,
     replay,
 )
+from beaverq.model.endings import ENDING_EVENT_TYPES, is_retry
+from beaverq.model.errors import JOB_FINISHED, STALE_RESULT_RULES
 from beaverq.model.timers import timers_peek
 
 from .fake_clock import FakeClock
@@ -472,7 +474,7 @@ class _Simulation:
             events = self._execute(Cancel(now_ms=self._now(), job_id=job_id))
         except Rejected as refused:
             # Expected when the job finished first; any other refusal is a bug.
-            if refused.rejection.rule != "job_finished":
+            if refused.rejection.rule != JOB_FINISHED:
                 raise
             self._note("CancelRefused", f"{job_id}: {refused.rejection.rule}")
             return
@@ -541,7 +543,7 @@ class _Simulation:
             except Rejected as refused:
                 # A hung worker reports after its lease expired and the job moved
                 # on: the attempt fence refuses the result.  Anything else is a bug.
-                if refused.rejection.rule != "stale_attempt":
+                if refused.rejection.rule not in STALE_RESULT_RULES:
                     raise
                 self.tally["late_results"] += 1
                 self._note(
@@ -583,10 +585,9 @@ class _Simulation:
 
     def _count(self, event: Event) -> None:
         self.tally[type(event).__name__] += 1
-        if isinstance(event, (JobFailed, LeaseExpired, LeaseAbandoned)):
-            status = self.state.jobs[event.job_id].status
-            if status in (JobStatus.PENDING, JobStatus.DELAYED):
-                self.tally["retried"] += 1
+        # The event records its outcome (model/events.py); no need to ask the state.
+        if isinstance(event, ENDING_EVENT_TYPES) and is_retry(event):
+            self.tally["retried"] += 1
 
     def _describe(self, event: Event) -> str:
         """One line for an event just applied (so the job's state is its outcome)."""

@@ -9,6 +9,7 @@
    recovery with the file and byte offset; a torn tail is cut, after its bytes
    are saved next to the segment as ``<segment>.cut-<offset>``;
 4. replay the records with ``evolve`` (the LSN guard skips what the snapshot has);
+   records of an older schema are upcast at their place in the log (codec.py);
 5. rename the snapshots found damaged to ``<name>.damaged`` (they must not count
    as one of the two kept ones);
 6. continue in a fresh segment, so no byte of an old segment is ever rewritten.
@@ -31,16 +32,17 @@ from itertools import pairwise
 
 import attrs
 
-from beaverq.model import Event, State, evolve, initial_state
+from beaverq.model import BrokenInvariant, Event, State, evolve, initial_state
 from beaverq.model.checkpoint import checkpoint_of, restore
 
 from .codec import (
     SCHEMA_VERSION,
+    SCHEMA_VERSIONS_READABLE,
     CodecError,
     decode_checkpoint,
-    decode_event,
     encode_checkpoint,
     encode_event,
+    read_event,
 )
 from .fs import FileSystem, StorageError
 from .snapshot import (
@@ -165,7 +167,11 @@ class Storage:
         would survive a crash that the log's tail does not.
         """
         self.flush()
-        assert state.last_lsn == self._writer.durable_lsn, (state.last_lsn, self.durable_lsn)
+        if state.last_lsn != self._writer.durable_lsn:
+            raise BrokenInvariant(
+                f"snapshot of a state at LSN {state.last_lsn}; the log is durable to "
+                f"{self._writer.durable_lsn}"
+            )
         body = encode_checkpoint(checkpoint_of(state))
         data = encode_snapshot(
             state.last_lsn,
@@ -235,10 +241,10 @@ def _recover(fs: FileSystem, directory: str) -> tuple[State, WalContents, Recove
         if isinstance(loaded, str):
             skipped.append((candidate.path, loaded))
             continue
-        if loaded.schema_version != SCHEMA_VERSION:
+        if loaded.schema_version not in SCHEMA_VERSIONS_READABLE:
             raise StorageError(
                 f"{candidate.path}: schema version {loaded.schema_version}; "
-                f"this beaverq reads {SCHEMA_VERSION}"
+                f"this beaverq reads {sorted(SCHEMA_VERSIONS_READABLE)}"
             )
         try:
             checkpoint = decode_checkpoint(loaded.body)
@@ -251,21 +257,18 @@ def _recover(fs: FileSystem, directory: str) -> tuple[State, WalContents, Recove
         state, snapshot_path, chain_crc = restore(checkpoint), candidate.path, loaded.chain_crc
         break
     contents = read_wal(fs, directory, after_lsn=state.last_lsn, after_chain_crc=chain_crc)
-    if contents.schema_version not in (None, SCHEMA_VERSION):
+    unreadable = set(contents.record_schema_versions) - SCHEMA_VERSIONS_READABLE
+    if unreadable:
         raise StorageError(
-            f"{directory}: WAL schema version {contents.schema_version}; "
-            f"this beaverq reads {SCHEMA_VERSION}"
+            f"{directory}: WAL schema version {max(unreadable)}; "
+            f"this beaverq reads {sorted(SCHEMA_VERSIONS_READABLE)}"
         )
     snapshot_lsn = state.last_lsn
-    for record in contents.records:
-        try:
-            event = decode_event(record.payload)
-        except CodecError as error:
-            raise StorageError(f"{directory}: record at LSN {record.lsn}: {error}") from None
-        # Paired with the framing: the LSN in the frame is the LSN in the event.
-        assert event.lsn == record.lsn, (event.lsn, record.lsn)
-        state = evolve(state, event)
-    assert state.last_lsn == contents.last_lsn, (state.last_lsn, contents.last_lsn)
+    state = replay_records(state, contents, directory)
+    if state.last_lsn != contents.last_lsn:
+        raise BrokenInvariant(
+            f"{directory}: replay ended at LSN {state.last_lsn}, the log at {contents.last_lsn}"
+        )
     cut_copy = _cut_torn_tail(fs, directory, contents.torn_tail)
     _set_aside_damaged_snapshots(fs, directory, [path for path, _reason in skipped])
     torn = contents.torn_tail
@@ -281,6 +284,24 @@ def _recover(fs: FileSystem, directory: str) -> tuple[State, WalContents, Recove
         temporary_files_removed=tuple(removed),
     )
     return state, contents, report
+
+
+def replay_records(state: State, contents: WalContents, directory: str) -> State:
+    """Fold the log's records into ``state``, each read in the schema it was written in."""
+    for record, schema_version in zip(
+        contents.records, contents.record_schema_versions, strict=True
+    ):
+        try:
+            event = read_event(state, record.payload, schema_version)
+        except CodecError as error:
+            raise StorageError(f"{directory}: record at LSN {record.lsn}: {error}") from None
+        if event is None:
+            continue  # already in the state (an upcast found it covered)
+        # Paired with the framing: the LSN in the frame is the LSN in the event.
+        if event.lsn != record.lsn:
+            raise BrokenInvariant(f"{directory}: frame LSN {record.lsn} holds {event!r}")
+        state = evolve(state, event)
+    return state
 
 
 def _set_aside_damaged_snapshots(fs: FileSystem, directory: str, paths: list[str]) -> None:

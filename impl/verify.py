@@ -16,8 +16,9 @@ import attrs
 
 from beaverq.model import State, evolve, initial_state
 from beaverq.model.checkpoint import restore
+from beaverq.model.errors import BrokenInvariant
 
-from .codec import SCHEMA_VERSION, CodecError, decode_checkpoint, decode_event
+from .codec import SCHEMA_VERSIONS_READABLE, CodecError, decode_checkpoint, read_event
 from .fs import FileSystem, StorageError
 from .snapshot import decode_snapshot, list_snapshots
 from .wal_reader import WalCorrupt, list_segments, read_wal
@@ -62,10 +63,13 @@ def verify_data_dir(fs: FileSystem, directory: str) -> VerifyReport:
             f"{torn.path}: torn tail at byte {torn.offset} ({torn.size - torn.offset} bytes, "
             f"{torn.reason}); recovery will cut it, nothing acknowledged is lost"
         )
-    for record in contents.records:
+    for record, schema_version in zip(
+        contents.records, contents.record_schema_versions, strict=True
+    ):
         try:
-            state = evolve(state, decode_event(record.payload))
-        except (CodecError, AssertionError) as error:
+            event = read_event(state, record.payload, schema_version)
+            state = state if event is None else evolve(state, event)
+        except (CodecError, BrokenInvariant) as error:
             errors.append(f"record LSN {record.lsn} at byte {record.offset}: {error}")
             return VerifyReport(tuple(lines), tuple(errors), tuple(warnings), None)
     counts = state.counts
@@ -97,12 +101,12 @@ def _newest_valid_snapshot(
         if isinstance(loaded, str):
             lines.append(f"snapshot {name}: damaged ({loaded}); recovery skips it")
             continue
-        if loaded.schema_version != SCHEMA_VERSION:
+        if loaded.schema_version not in SCHEMA_VERSIONS_READABLE:
             errors.append(f"{candidate.path}: schema version {loaded.schema_version}")
             continue
         try:
             state = restore(decode_checkpoint(loaded.body))
-        except (CodecError, AssertionError) as error:
+        except (CodecError, BrokenInvariant) as error:
             lines.append(f"snapshot {name}: undecodable ({error}); recovery skips it")
             continue
         lines.append(f"snapshot {name}: LSN {loaded.lsn}, {state.counts.total} job(s), valid")
@@ -119,7 +123,7 @@ def _invariant_problems(state: State) -> list[str]:
 
     try:
         check_all(state)
-    except AssertionError as error:
+    except BrokenInvariant as error:
         return [f"invariant broken: {error}"]
     return []
 

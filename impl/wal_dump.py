@@ -2,7 +2,9 @@
 
 One line per frame: file offset, kind, LSN, the LSN known durable when it was
 framed, its chain CRC, and the decoded event.  Damage is printed where it is
-found and the dump stops there; nothing is changed.
+found and the dump stops there; nothing is changed.  Events are shown as they are
+on disk: a segment of an older schema shows its events in that schema's shape,
+marked ``(schema N)``, not upcast (upcasting needs the state; recovery does it).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Iterator
 
 import attrs
 
-from .codec import CodecError, decode_event
+from .codec import SCHEMA_VERSION, CodecError, decode_event, decode_schema1_event
 from .fs import FileSystem
 from .record import FrameProblem, Record, RecordKind, decode_frame
 from .segments import decode_segment_header
@@ -26,16 +28,21 @@ def dump_wal(fs: FileSystem, directory: str) -> Iterator[str]:
         yield f"== {name} (segment {index}, after LSN {base_lsn}, {len(data)} bytes)"
         offset = 0
         chain: int | None = None
+        schema_version = SCHEMA_VERSION
         while offset < len(data):
             decoded = decode_frame(data, offset, chain)
             if isinstance(decoded, FrameProblem):
                 yield f"  @{offset:>8}  DAMAGE: {decoded.reason}; {len(data) - offset} bytes follow"
                 break
-            yield "  " + _describe(decoded)
+            if decoded.kind is RecordKind.SEGMENT_HEADER:
+                header = decode_segment_header(decoded.payload)
+                if not isinstance(header, str):
+                    schema_version = header.schema_version
+            yield "  " + _describe(decoded, schema_version)
             chain, offset = decoded.chain_crc, offset + decoded.size
 
 
-def _describe(record: Record) -> str:
+def _describe(record: Record, schema_version: int) -> str:
     prefix = (
         f"@{record.offset:>8}  lsn {record.lsn:>8}  synced {record.synced_lsn:>8}  "
         f"chain {record.chain_crc:08x}  "
@@ -44,10 +51,16 @@ def _describe(record: Record) -> str:
         header = decode_segment_header(record.payload)
         return prefix + f"SegmentHeader {header}"
     try:
-        event = decode_event(record.payload)
+        if schema_version == SCHEMA_VERSION:
+            event: object = decode_event(record.payload)
+            name, marker = type(event).__name__, ""
+        else:
+            event = decode_schema1_event(record.payload)
+            name = type(event).__name__.removeprefix("Schema1")
+            marker = f" (schema {schema_version})"
     except CodecError as error:
         return prefix + f"UNDECODABLE: {error}"
-    fields = attrs.asdict(event, recurse=False)
+    fields = attrs.asdict(event, recurse=False)  # type: ignore[arg-type]
     fields.pop("lsn")
-    shown = " ".join(f"{name}={value!r}" for name, value in fields.items())
-    return prefix + f"{type(event).__name__} {shown}"
+    shown = " ".join(f"{field}={value!r}" for field, value in fields.items())
+    return prefix + f"{name}{marker} {shown}"

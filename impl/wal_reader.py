@@ -67,7 +67,9 @@ class WalContents:
     chain_crc: int  # chain value after the last valid frame (segment headers included)
     event_chain_crc: int  # chain value after the event at ``last_lsn``
     torn_tail: TornTail | None
-    schema_version: int | None
+    # The schema each record was written in (its segment's), parallel to ``records``:
+    # a log written before an upgrade has older segments before newer ones.
+    record_schema_versions: tuple[int, ...]
 
 
 def list_segments(fs: FileSystem, directory: str) -> list[tuple[int, int, str]]:
@@ -108,7 +110,7 @@ def read_wal(
         reader.chain,
         reader.event_chain,
         reader.torn_tail,
-        reader.schema_version,
+        tuple(reader.record_schema_versions),
     )
 
 
@@ -121,7 +123,7 @@ class _Reader:
         self.records: list[Record] = []
         self.segments: list[Segment] = []
         self.torn_tail: TornTail | None = None
-        self.schema_version: int | None = None
+        self.record_schema_versions: list[int] = []
         self.last_lsn = after_lsn
         self.chain = after_chain_crc
         self.event_chain = after_chain_crc
@@ -147,7 +149,6 @@ class _Reader:
         if header is None:  # the last segment's header itself was torn: nothing in it counts
             self.torn_tail = TornTail(path, 0, len(data), "segment header incomplete")
             return
-        self.schema_version = header.schema_version
         # Where the chain is known (a segment before this one, or the snapshot's value
         # at this segment's base), the segment must continue it.
         known_chain = previous.chain_crc if previous is not None else self.after_chain_crc
@@ -181,6 +182,7 @@ class _Reader:
                 )
             if lsn > self.after_lsn:
                 self.records.append(decoded)
+                self.record_schema_versions.append(header.schema_version)
                 self.event_chain = chain
         self.segments.append(Segment(path, index, base_lsn, lsn, chain))
         self.highest_lsn = max(self.highest_lsn, lsn)

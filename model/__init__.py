@@ -27,7 +27,7 @@ from .commands import (
     Tick,
 )
 from .decide import decide, derived_job_id, enqueued_job_id, next_ready_job
-from .errors import Rejected, Rejection
+from .errors import BrokenInvariant, Rejected, Rejection
 from .events import (
     EVENT_TYPES,
     JOB_EVENT_TYPES,
@@ -65,6 +65,7 @@ __all__ = [
     "TRANSITIONS",
     "UNFINISHED",
     "AttemptRecord",
+    "BrokenInvariant",
     "Cancel",
     "CancelRequested",
     "Command",

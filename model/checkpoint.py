@@ -15,6 +15,7 @@ from __future__ import annotations
 import attrs
 import immutables
 
+from .errors import BrokenInvariant
 from .fifo import EMPTY_FIFO, Fifo
 from .jobs import Job
 from .lifecycle import DELAYED, FINISHED, IN_FLIGHT, PENDING, JobStatus
@@ -67,28 +68,35 @@ def restore(checkpoint: Checkpoint) -> State:
     tally = dict.fromkeys(JobStatus, 0)
     for job in checkpoint.jobs:
         job_id = job.spec.job_id
-        assert job_id not in jobs, f"checkpoint lists job {job_id!r} twice"
+        if job_id in jobs:
+            raise BrokenInvariant(f"checkpoint lists job {job_id!r} twice")
         jobs[job_id] = job
         status = job.status
         tally[status] += 1
         if status is PENDING:
             ready_items.setdefault((job.spec.queue, job.spec.priority), {})[job.slot] = job_id
         elif status is IN_FLIGHT:
-            assert job.lease_expires_at_ms is not None, job_id
+            if job.lease_expires_at_ms is None:
+                raise BrokenInvariant(
+                    f"broken invariant: job.lease_expires_at_ms is not None: {job_id!r}"
+                )
             in_flight[job_id] = job.lease_expires_at_ms
         elif status in FINISHED:
             finished_items[job.slot] = job_id
         else:
-            assert status is DELAYED, (job_id, status)
+            if status is not DELAYED:
+                raise BrokenInvariant(f"broken invariant: status is DELAYED: {(job_id, status)!r}")
         if job.spec.idempotency_key is not None:
             keys[job.spec.idempotency_key] = job_id
     ready = {}
     for bounds in checkpoint.ready:
         key = (bounds.queue, bounds.priority)
         items = ready_items.pop(key, None)
-        assert items, f"checkpoint has an empty or unknown FIFO {key}"
+        if not items:
+            raise BrokenInvariant(f"checkpoint has an empty or unknown FIFO {key}")
         ready[key] = Fifo(bounds.head, bounds.tail, immutables.Map(items))
-    assert not ready_items, f"pending jobs in FIFOs the checkpoint does not bound: {ready_items}"
+    if ready_items:
+        raise BrokenInvariant(f"pending jobs in FIFOs the checkpoint does not bound: {ready_items}")
     finished = (
         Fifo(checkpoint.finished_head, checkpoint.finished_tail, immutables.Map(finished_items))
         if finished_items
@@ -104,7 +112,10 @@ def restore(checkpoint: Checkpoint) -> State:
     )
     # The pair of the assertion made when the snapshot was taken: the counts the
     # writer recorded are the counts the reader finds.
-    assert counts == checkpoint.counts, (counts, checkpoint.counts)
+    if counts != checkpoint.counts:
+        raise BrokenInvariant(
+            f"broken invariant: counts == checkpoint.counts: {(counts, checkpoint.counts)!r}"
+        )
     return State(
         jobs=immutables.Map(jobs),
         ready=immutables.Map(ready),
@@ -127,7 +138,7 @@ def timers_from_sorted(entries: tuple[TimerEntry, ...]) -> Heap:
     """
     heap: Heap = None
     for index in range(len(entries) - 1, -1, -1):
-        if index:
-            assert entries[index - 1] <= entries[index], "timer entries must be sorted"
+        if index and entries[index - 1] > entries[index]:
+            raise BrokenInvariant("timer entries must be sorted")
         heap = (1, entries[index], heap, None)
     return heap

@@ -35,7 +35,21 @@ from .commands import (
     ResumeQueue,
     Tick,
 )
-from .errors import Rejected, Rejection
+from .endings import attempt_ending
+from .errors import (
+    ERROR_INVALID,
+    IN_FLIGHT_MAX_REACHED,
+    JOB_FINISHED,
+    JOB_ID_TAKEN,
+    JOB_NOT_DEAD,
+    JOB_NOT_FOUND,
+    JOBS_MAX_REACHED,
+    PAUSED_QUEUES_MAX_REACHED,
+    STALE_ATTEMPT,
+    BrokenInvariant,
+    Rejected,
+    Rejection,
+)
 from .events import (
     CancelRequested,
     DelayElapsed,
@@ -52,10 +66,11 @@ from .events import (
     QueuePaused,
     QueueResumed,
 )
-from .evolve import ending_target, evolve
+from .evolve import evolve
 from .fifo import fifo_first
 from .jobs import Job, JobSpec
 from .lifecycle import CANCELLED, COMPLETED, DEAD, DELAYED, IN_FLIGHT, PENDING
+from .records import replace_fields
 from .recovery import abandon_leases
 from .state import State, timer_is_live
 from .timers import timers_peek, timers_pop
@@ -84,7 +99,8 @@ def decide(state: State, command: Command) -> tuple[Event, ...]:
     events = handler(state, command)
     # Events are numbered consecutively after the state's last LSN.
     for offset, event in enumerate(events, start=1):
-        assert event.lsn == state.last_lsn + offset, (event, state.last_lsn)
+        if event.lsn != state.last_lsn + offset:
+            raise BrokenInvariant(f"{event!r} is not numbered after LSN {state.last_lsn}")
     return events
 
 
@@ -97,9 +113,11 @@ def enqueued_job_id(state: State, command: Enqueue, events: tuple[Event, ...]) -
     """The job an ``Enqueue`` refers to: the new one, or the one its key already names."""
     if events:
         first = events[0]
-        assert isinstance(first, JobEnqueued)
+        if not isinstance(first, JobEnqueued):
+            raise BrokenInvariant(f"an Enqueue decided {first!r}")
         return first.job_id
-    assert command.idempotency_key is not None
+    if command.idempotency_key is None:
+        raise BrokenInvariant("an Enqueue without a key decided no event")
     return state.idempotency_keys[command.idempotency_key]
 
 
@@ -132,7 +150,7 @@ def _job_or_refuse(state: State, command: Command, job_id: str) -> Job:
     )
     job = state.jobs.get(job_id)
     if job is None:
-        raise _refuse(command, job_id, None, "job_not_found", "no such job in the state")
+        raise _refuse(command, job_id, None, JOB_NOT_FOUND, "no such job in the state")
     return job
 
 
@@ -149,15 +167,13 @@ def _decide_enqueue(state: State, command: Enqueue) -> tuple[Event, ...]:
     job_id = derived_job_id(lsn) if given_id is None else given_id
     existing = state.jobs.get(job_id)
     if existing is not None:
-        raise _refuse(
-            command, job_id, existing, "job_id_taken", "a job with this id is in the state"
-        )
+        raise _refuse(command, job_id, existing, JOB_ID_TAKEN, "a job with this id is in the state")
     if state.counts.total >= limits.JOBS_MAX:
         raise _refuse(
             command,
             job_id,
             None,
-            "jobs_max_reached",
+            JOBS_MAX_REACHED,
             f"the state holds JOBS_MAX={limits.JOBS_MAX} jobs",
         )
     spec = JobSpec(
@@ -173,7 +189,12 @@ def _decide_enqueue(state: State, command: Enqueue) -> tuple[Event, ...]:
         idempotency_key=command.idempotency_key,
     )
     ready_at_ms = command.now_ms + command.delay_ms
-    return (JobEnqueued(lsn=lsn, at_ms=command.now_ms, spec=spec, ready_at_ms=ready_at_ms),)
+    target = DELAYED if ready_at_ms > command.now_ms else PENDING
+    return (
+        JobEnqueued(
+            lsn=lsn, at_ms=command.now_ms, spec=spec, ready_at_ms=ready_at_ms, target=target
+        ),
+    )
 
 
 def _enqueue_problems(command: Enqueue) -> list[Problem | None]:
@@ -238,7 +259,8 @@ def next_ready_job(state: State) -> Job | None:
         if queue in state.paused:
             continue
         first = fifo_first(fifo)
-        assert first is not None, "empty FIFOs are removed from ready"
+        if first is None:
+            raise BrokenInvariant(f"the ready FIFO of {(queue, _priority)} is empty")
         job = state.jobs[first[1]]
         if best is None or _lease_order(job) < _lease_order(best):
             best = job
@@ -266,10 +288,11 @@ def _decide_lease(state: State, command: Lease) -> tuple[Event, ...]:
             command,
             job.job_id,
             job,
-            "in_flight_max_reached",
+            IN_FLIGHT_MAX_REACHED,
             f"IN_FLIGHT_MAX={limits.IN_FLIGHT_MAX} leases are live",
         )
-    assert job.status is PENDING
+    if job.status is not PENDING:
+        raise BrokenInvariant(f"{job.job_id} is ready but {job.status.name}")
     return (
         LeaseGranted(
             lsn=state.last_lsn + 1,
@@ -299,7 +322,7 @@ def _current_attempt_or_refuse(state: State, command: Complete | Fail | Release)
             command,
             job.job_id,
             job,
-            "stale_attempt",
+            STALE_ATTEMPT,
             f"{type(command).__name__} for attempt {command.attempt}; {live}",
         )
     return job
@@ -333,7 +356,7 @@ def _decide_fail(state: State, command: Fail) -> tuple[Event, ...]:
     job = _current_attempt_or_refuse(state, command)
     _refuse_if(command, job.job_id, state, _check_jitter_seed(command.jitter_seed))
     if not isinstance(command.error, str):
-        raise _refuse(command, job.job_id, job, "error_invalid", "error must be a string")
+        raise _refuse(command, job.job_id, job, ERROR_INVALID, "error must be a string")
     return (_failure(state, job, command.now_ms, command.error, command.jitter_seed),)
 
 
@@ -343,11 +366,10 @@ def _check_jitter_seed(jitter_seed: int) -> Problem | None:
 
 def _failure(state: State, job: Job, now_ms: int, error: str, jitter_seed: int) -> JobFailed:
     """The live attempt of ``job`` failed with ``error``: its fate and retry time."""
-    retry_at_ms: int | None = now_ms + backoff_ms(
+    backoff = backoff_ms(
         job.attempts_used, job.spec.backoff_base_ms, job.spec.backoff_cap_ms, jitter_seed
     )
-    if ending_target(job, retry_at_ms, now_ms) in (DEAD, CANCELLED):
-        retry_at_ms = None
+    ending = attempt_ending(job, now_ms, now_ms + backoff)
     return JobFailed(
         lsn=state.last_lsn + 1,
         at_ms=now_ms,
@@ -355,20 +377,26 @@ def _failure(state: State, job: Job, now_ms: int, error: str, jitter_seed: int) 
         attempt=job.attempt,
         # A long error is cut, not refused: refusing would lose the failure itself.
         error=truncate_utf8(error, limits.ERROR_BYTES_MAX),
-        retry_at_ms=retry_at_ms,
+        target=ending.target,
+        retry_at_ms=ending.retry_at_ms,
     )
 
 
 def _decide_release(state: State, command: Release) -> tuple[Event, ...]:
     job = _current_attempt_or_refuse(state, command)
     # The fence is not rolled back: a late result of this attempt stays stale.  The
-    # budget is (evolve gives the attempt back), so no release can lead to DEAD.
+    # budget is (the attempt is given back), so the ending is decided on the job with
+    # its attempt uncounted, and a release can never lead to DEAD.
+    uncounted = replace_fields(job, attempts_used=job.attempts_used - 1)
+    ending = attempt_ending(uncounted, command.now_ms, command.now_ms)
     return (
         LeaseReleased(
             lsn=state.last_lsn + 1,
             at_ms=command.now_ms,
             job_id=job.job_id,
             attempt=job.attempt,
+            target=ending.target,
+            retry_at_ms=ending.retry_at_ms,
         ),
     )
 
@@ -425,7 +453,16 @@ def _expire_leases(emitter: _Emitter) -> None:
         if expires_at_ms <= now_ms
     )
     for _expires_at_ms, job_id in expired[: limits.TICK_EXPIRIES_MAX]:
-        emitter.emit(LeaseExpired, job_id=job_id, attempt=emitter.state.jobs[job_id].attempt)
+        job = emitter.state.jobs[job_id]
+        # A timed-out job is retried at once: the timeout already made it wait.
+        ending = attempt_ending(job, now_ms, now_ms)
+        emitter.emit(
+            LeaseExpired,
+            job_id=job_id,
+            attempt=job.attempt,
+            target=ending.target,
+            retry_at_ms=ending.retry_at_ms,
+        )
 
 
 def _release_due_jobs(emitter: _Emitter) -> None:
@@ -454,7 +491,8 @@ def _forget_finished_jobs(emitter: _Emitter, retention_ms: int, retained_max: in
         if first is None:
             return
         job = emitter.state.jobs[first[1]]
-        assert job.finished_at_ms is not None
+        if job.finished_at_ms is None:
+            raise BrokenInvariant(f"{job.job_id} is finished but has no finish time")
         too_many = len(finished) > retained_max
         too_old = job.finished_at_ms + retention_ms <= emitter.now_ms
         if not (too_many or too_old):
@@ -481,14 +519,15 @@ def _decide_cancel(state: State, command: Cancel) -> tuple[Event, ...]:
         return (CancelRequested(lsn=lsn, at_ms=at_ms, job_id=job.job_id),)
     if job.status is CANCELLED:
         return ()
-    assert job.status in (COMPLETED, DEAD)
-    raise _refuse(command, job.job_id, job, "job_finished", "a finished job cannot be cancelled")
+    if job.status not in (COMPLETED, DEAD):
+        raise BrokenInvariant(f"cancel of {job.job_id}: unhandled status {job.status.name}")
+    raise _refuse(command, job.job_id, job, JOB_FINISHED, "a finished job cannot be cancelled")
 
 
 def _decide_requeue(state: State, command: Requeue) -> tuple[Event, ...]:
     job = _job_or_refuse(state, command, command.job_id)
     if job.status is not DEAD:
-        raise _refuse(command, job.job_id, job, "job_not_dead", "only dead jobs can be requeued")
+        raise _refuse(command, job.job_id, job, JOB_NOT_DEAD, "only dead jobs can be requeued")
     return (JobRequeued(lsn=state.last_lsn + 1, at_ms=command.now_ms, job_id=job.job_id),)
 
 
@@ -501,7 +540,7 @@ def _decide_pause(state: State, command: PauseQueue) -> tuple[Event, ...]:
             command,
             None,
             None,
-            "paused_queues_max_reached",
+            PAUSED_QUEUES_MAX_REACHED,
             f"PAUSED_QUEUES_MAX={limits.PAUSED_QUEUES_MAX} queues are paused",
         )
     return (QueuePaused(lsn=state.last_lsn + 1, at_ms=command.now_ms, queue=command.queue),)

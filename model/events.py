@@ -2,9 +2,18 @@
 
 Every event carries its log sequence number ``lsn`` (assigned by ``decide``,
 consecutive from 1) and ``at_ms``, the time of the command that produced it.
-Events record *decisions*, never re-derive them: a failure carries the retry time
-that ``decide`` chose with its jitter, so ``evolve`` is a plain application of the
-fact and replay can never disagree with the original run.
+Events record *decisions*, never re-derive them.  Every event that could lead a
+job to more than one status carries the status ``decide`` chose, in ``target``,
+and an attempt that ends without success carries the time the retry is due, in
+``retry_at_ms`` (None when there is no retry).  ``evolve`` applies them and checks
+that the move is an edge of the lifecycle table; it never asks the retry rule.  So
+a change to the rule (more attempts, another backoff) changes what future commands
+decide and never how an old log replays, and two replicas running different code
+fold the same log into the same state (docs/storage.md, "Schema evolution").
+
+An event is immutable, in memory and on disk: once appended, its bytes mean the
+same forever.  A new field is a new schema version, and the events of older logs
+are *upcast* when read (upcast.py), never rewritten.
 
 Each job event names its job in ``job_id``; the events of one attempt also carry
 its ``attempt`` number, the fence that makes stale results recognisable.
@@ -15,6 +24,7 @@ from __future__ import annotations
 import attrs
 
 from .jobs import JobSpec
+from .lifecycle import JobStatus
 
 
 @attrs.frozen(kw_only=True)
@@ -23,6 +33,7 @@ class JobEnqueued:
     at_ms: int
     spec: JobSpec
     ready_at_ms: int  # the earliest time the job may be leased
+    target: JobStatus  # PENDING, or DELAYED when ready_at_ms is later than at_ms
 
     @property
     def job_id(self) -> str:
@@ -62,7 +73,8 @@ class JobFailed:
     job_id: str
     attempt: int
     error: str
-    retry_at_ms: int | None  # None: no retry (attempts used up, or cancellation)
+    target: JobStatus  # DELAYED or PENDING (a retry), DEAD or CANCELLED
+    retry_at_ms: int | None  # None exactly when ``target`` is a finished status
 
 
 @attrs.frozen(kw_only=True)
@@ -71,16 +83,20 @@ class LeaseExpired:
     at_ms: int
     job_id: str
     attempt: int
+    target: JobStatus  # PENDING (a retry), DEAD or CANCELLED
+    retry_at_ms: int | None  # None exactly when ``target`` is a finished status
 
 
 @attrs.frozen(kw_only=True)
 class LeaseAbandoned:
-    """The process holding the lease died; recovery returns the job (see recovery.py)."""
+    """The process holding the lease died; recovery decides the job's fate (recovery.py)."""
 
     lsn: int
     at_ms: int
     job_id: str
     attempt: int
+    target: JobStatus  # PENDING (a retry), DEAD or CANCELLED
+    retry_at_ms: int | None  # None exactly when ``target`` is a finished status
 
 
 @attrs.frozen(kw_only=True)
@@ -92,6 +108,8 @@ class LeaseReleased:
     at_ms: int
     job_id: str
     attempt: int
+    target: JobStatus  # PENDING or CANCELLED: a release never counts, so never DEAD
+    retry_at_ms: int | None  # None exactly when ``target`` is a finished status
 
 
 @attrs.frozen(kw_only=True)

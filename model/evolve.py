@@ -1,9 +1,11 @@
 """``evolve(state, event) -> state``: apply one recorded fact.  And ``replay``, the fold.
 
 Nothing here decides anything: ``decide`` already did, and the event says what it
-decided.  Each apply function computes the job's new record, asserts that the move
-is an edge of the lifecycle table (lifecycle.py, Rule 1), and moves the job
-between the state's indexes.
+decided (its ``target``, and for an ending attempt its ``retry_at_ms``).  Each apply
+function computes the job's new record, looks the move up in the lifecycle table
+(lifecycle.py, Rule 1: a move not in it is a :class:`BrokenInvariant`), and moves
+the job between the state's indexes.  No rule is consulted here: a log replays to
+the same state whatever the retry rule says today.
 
 Replay is idempotent in two independent ways (the original design, decision 3):
 
@@ -14,7 +16,7 @@ Replay is idempotent in two independent ways (the original design, decision 3):
 * **by state** (``apply_event``): every job remembers the LSN of the last event
   applied to it (``Job.last_lsn``, a page LSN as in ARIES).  An event for a job at
   or below that LSN is already reflected and changes nothing.  An event that is
-  not reflected but does not fit the job's state is a broken invariant.  Where no
+  not reflected but does not fit the job's state is a :class:`BrokenInvariant`.  Where no
   job record can answer (the job was forgotten, or the event is about a queue),
   the state's own ``last_lsn`` does.
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .errors import BrokenInvariant
 from .events import (
     CancelRequested,
     DelayElapsed,
@@ -46,15 +49,12 @@ from .fifo import EMPTY_FIFO, fifo_push, fifo_remove
 from .jobs import AttemptRecord, Job
 from .lifecycle import (
     ABSENT,
-    CANCELLED,
-    COMPLETED,
-    DEAD,
     DELAYED,
     FINISHED,
     IN_FLIGHT,
     PENDING,
     JobStatus,
-    is_allowed,
+    next_status,
 )
 from .limits import ATTEMPT_HISTORY_MAX
 from .records import replace_fields
@@ -66,11 +66,15 @@ def evolve(state: State, event: Event) -> State:
     """Apply ``event`` unless the state already covers its LSN."""
     if event.lsn <= state.last_lsn:
         return state
-    assert event.lsn == state.last_lsn + 1, (
-        f"log gap: state is at LSN {state.last_lsn}, next event has LSN {event.lsn}"
-    )
+    if event.lsn != state.last_lsn + 1:
+        # The log lost a record (or the caller skipped one): applying this event
+        # would build a state no history produces.
+        raise BrokenInvariant(
+            f"log gap: state is at LSN {state.last_lsn}, next event has LSN {event.lsn}"
+        )
     after = apply_event(state, event)
-    assert after.last_lsn == event.lsn
+    if after.last_lsn != event.lsn:
+        raise BrokenInvariant(f"{event!r} left the state at LSN {after.last_lsn}")
     return after
 
 
@@ -92,7 +96,8 @@ def apply_event(state: State, event: Event) -> State:
             # forgotten since.  Only the state's own LSN can tell; the job's is gone.
             return state
         # Otherwise only an enqueue may name a job the state does not hold.
-        assert isinstance(event, JobEnqueued), f"{event!r} names a job not in the state"
+        if not isinstance(event, JobEnqueued):
+            raise BrokenInvariant(f"{event!r} names a job not in the state")
     elif job.last_lsn >= event.lsn:
         return state
     apply = _APPLY[type(event)]
@@ -116,13 +121,16 @@ def _apply_queue_event(state: State, event: QueuePaused | QueueResumed) -> State
 
 def _apply_job_enqueued(state: State, job: Job | None, event: JobEnqueued) -> State:
     # A job id is unique among the jobs in the state (decide rule job_id_taken).
-    assert job is None, f"{event!r}: job id already in the state"
-    target = PENDING if event.ready_at_ms <= event.at_ms else DELAYED
+    if job is not None:
+        raise BrokenInvariant(f"{event!r}: job id already in the state")
+    # The recorded target and the recorded ready time must tell the same story.
+    if (event.target is DELAYED) != (event.ready_at_ms > event.at_ms):
+        raise BrokenInvariant(f"{event!r}: target disagrees with ready_at_ms")
     return _move(
         state,
         None,
         event,
-        target,
+        event.target,
         spec=event.spec,
         enqueued_lsn=event.lsn,
         enqueued_at_ms=event.at_ms,
@@ -140,15 +148,16 @@ def _apply_job_enqueued(state: State, job: Job | None, event: JobEnqueued) -> St
 
 
 def _apply_delay_elapsed(state: State, job: Job | None, event: DelayElapsed) -> State:
-    assert job is not None
-    return _move(state, job, event, PENDING, ready_lsn=event.lsn)
+    return _move(state, _present(job, event), event, None, ready_lsn=event.lsn)
 
 
 def _apply_lease_granted(state: State, job: Job | None, event: LeaseGranted) -> State:
-    assert job is not None
+    job = _present(job, event)
     # The fence only ever grows: lease n+1 follows lease n.
-    assert event.attempt == job.attempt + 1, (event, job.attempt)
-    assert job.attempts_used < job.spec.max_attempts, job
+    if event.attempt != job.attempt + 1:
+        raise BrokenInvariant(f"{event!r} does not follow attempt {job.attempt}")
+    if job.attempts_used >= job.spec.max_attempts:
+        raise BrokenInvariant(f"{event!r}: the job has no attempt left ({job!r})")
     record = AttemptRecord(
         attempt=event.attempt,
         worker_id=event.worker_id,
@@ -159,7 +168,7 @@ def _apply_lease_granted(state: State, job: Job | None, event: LeaseGranted) -> 
         state,
         job,
         event,
-        IN_FLIGHT,
+        None,
         attempt=event.attempt,
         attempts_used=job.attempts_used + 1,
         lease_expires_at_ms=event.expires_at_ms,
@@ -168,13 +177,13 @@ def _apply_lease_granted(state: State, job: Job | None, event: LeaseGranted) -> 
 
 
 def _apply_job_completed(state: State, job: Job | None, event: JobCompleted) -> State:
-    assert job is not None
-    assert event.attempt == job.attempt, (event, job.attempt)
+    job = _present(job, event)
+    _require_live_attempt(job, event)
     return _move(
         state,
         job,
         event,
-        COMPLETED,
+        None,
         result_json=event.result_json,
         lease_expires_at_ms=None,
         finished_at_ms=event.at_ms,
@@ -183,56 +192,51 @@ def _apply_job_completed(state: State, job: Job | None, event: JobCompleted) -> 
 
 
 def _apply_job_failed(state: State, job: Job | None, event: JobFailed) -> State:
-    assert job is not None
-    return _end_unsuccessfully(state, job, event, "failed", event.error, event.retry_at_ms)
+    return _end_unsuccessfully(state, _present(job, event), event, "failed", event.error)
 
 
 def _apply_lease_expired(state: State, job: Job | None, event: LeaseExpired) -> State:
-    assert job is not None
-    # A timed-out attempt counts (it was counted when leased) and, when attempts
-    # remain, the job is re-queued at once.
+    job = _present(job, event)
+    # A timed-out attempt counts (it was counted when leased).
     error = f"lease expired: attempt {event.attempt} ran longer than {job.spec.timeout_ms} ms"
-    return _end_unsuccessfully(state, job, event, "expired", error, event.at_ms)
+    return _end_unsuccessfully(state, job, event, "expired", error)
 
 
 def _apply_lease_abandoned(state: State, job: Job | None, event: LeaseAbandoned) -> State:
-    assert job is not None
     error = f"lease abandoned: the process running attempt {event.attempt} stopped"
-    return _end_unsuccessfully(state, job, event, "abandoned", error, event.at_ms)
+    return _end_unsuccessfully(state, _present(job, event), event, "abandoned", error)
 
 
 def _apply_lease_released(state: State, job: Job | None, event: LeaseReleased) -> State:
-    assert job is not None
+    job = _present(job, event)
     # The attempt was counted when leased (_apply_lease_granted); a released one was
-    # given back unfinished, so it is uncounted: releases alone never make a job
-    # DEAD.  The fence ``attempt`` stays, so the released worker's result is stale.
-    assert job.attempts_used >= 1, job
+    # given back unfinished, so it is uncounted.  The fence ``attempt`` stays, so the
+    # released worker's result is stale.  The table has no DEAD for a release.
+    if job.attempts_used < 1:
+        raise BrokenInvariant(f"{event!r}: no counted attempt to give back ({job!r})")
     restored = replace_fields(job, attempts_used=job.attempts_used - 1)
     error = f"lease released: attempt {event.attempt} was handed back unfinished"
-    # Cancelled if a cancellation was requested, else ready at once: ending_target on
-    # the restored budget (which never says DEAD, as attempts_used < max_attempts).
-    return _end_unsuccessfully(state, restored, event, "released", error, event.at_ms)
+    return _end_unsuccessfully(state, restored, event, "released", error)
 
 
 def _apply_cancel_requested(state: State, job: Job | None, event: CancelRequested) -> State:
-    assert job is not None
-    assert not job.cancel_requested, job
-    return _move(state, job, event, IN_FLIGHT, cancel_requested=True)
+    job = _present(job, event)
+    if job.cancel_requested:
+        raise BrokenInvariant(f"{event!r}: a cancellation was already requested")
+    return _move(state, job, event, None, cancel_requested=True)
 
 
 def _apply_job_cancelled(state: State, job: Job | None, event: JobCancelled) -> State:
-    assert job is not None
-    return _move(state, job, event, CANCELLED, finished_at_ms=event.at_ms)
+    return _move(state, _present(job, event), event, None, finished_at_ms=event.at_ms)
 
 
 def _apply_job_requeued(state: State, job: Job | None, event: JobRequeued) -> State:
-    assert job is not None
     # A fresh budget of attempts; ``attempt`` (the fence) keeps counting.
     return _move(
         state,
-        job,
+        _present(job, event),
         event,
-        PENDING,
+        None,
         attempts_used=0,
         ready_at_ms=event.at_ms,
         ready_lsn=event.lsn,
@@ -242,8 +246,7 @@ def _apply_job_requeued(state: State, job: Job | None, event: JobRequeued) -> St
 
 
 def _apply_job_forgotten(state: State, job: Job | None, event: JobForgotten) -> State:
-    assert job is not None
-    return _move(state, job, event, ABSENT)
+    return _move(state, _present(job, event), event, None)
 
 
 _APPLY: dict[type[Any], Callable[[State, Job | None, Any], State]] = {
@@ -265,18 +268,20 @@ _APPLY: dict[type[Any], Callable[[State, Job | None, Any], State]] = {
 # -- Shared steps. ----------------------------------------------------------------------
 
 
-def ending_target(job: Job, retry_at_ms: int | None, at_ms: int) -> JobStatus:
-    """Where an attempt that did not succeed leads (lifecycle.py, second NB).
+def _present(job: Job | None, event: JobEvent) -> Job:
+    # apply_event looks the job up; only JobEnqueued may find none.
+    if job is None:
+        raise BrokenInvariant(f"{event!r} names a job not in the state")
+    return job
 
-    ``decide`` uses the same function to choose ``retry_at_ms``, so a failure event
-    and its application can never disagree about the job's fate.
-    """
-    if job.cancel_requested:
-        return CANCELLED
-    if job.attempts_used >= job.spec.max_attempts:
-        return DEAD
-    assert retry_at_ms is not None, f"{job.job_id}: a retry needs a retry time"
-    return DELAYED if retry_at_ms > at_ms else PENDING
+
+def _require_live_attempt(
+    job: Job, event: JobCompleted | JobFailed | LeaseExpired | LeaseAbandoned | LeaseReleased
+) -> None:
+    # The attempt fence: only the live attempt's events end it (decide refused the
+    # rest as stale_attempt).
+    if event.attempt != job.attempt:
+        raise BrokenInvariant(f"{event!r} ends an attempt; the live one is {job.attempt}")
 
 
 def _end_unsuccessfully(
@@ -285,21 +290,26 @@ def _end_unsuccessfully(
     event: JobFailed | LeaseExpired | LeaseAbandoned | LeaseReleased,
     outcome: str,
     error: str,
-    retry_at_ms: int | None,
 ) -> State:
-    assert event.attempt == job.attempt, (event, job.attempt)
-    target = ending_target(job, retry_at_ms, event.at_ms)
-    if target in FINISHED:
-        assert retry_at_ms is None or not isinstance(event, JobFailed), event
+    """End the live attempt as ``event`` recorded: its target and retry time."""
+    _require_live_attempt(job, event)
+    retry_at_ms = event.retry_at_ms
+    if event.target in FINISHED:
+        if retry_at_ms is not None:
+            raise BrokenInvariant(f"{event!r}: a finished job has no retry time")
         ready_at_ms, finished_at_ms = job.ready_at_ms, event.at_ms
     else:
-        assert retry_at_ms is not None
-        ready_at_ms, finished_at_ms = max(retry_at_ms, event.at_ms), None
+        # A retry: due no earlier than the event, and DELAYED exactly when later.
+        if retry_at_ms is None or retry_at_ms < event.at_ms:
+            raise BrokenInvariant(f"{event!r}: a retry needs a retry time from at_ms on")
+        if (event.target is DELAYED) != (retry_at_ms > event.at_ms):
+            raise BrokenInvariant(f"{event!r}: target disagrees with retry_at_ms")
+        ready_at_ms, finished_at_ms = retry_at_ms, None
     return _move(
         state,
         job,
         event,
-        target,
+        event.target,
         error=error,
         lease_expires_at_ms=None,
         ready_at_ms=ready_at_ms,
@@ -312,10 +322,11 @@ def _end_unsuccessfully(
 def _end_attempt(
     job: Job, at_ms: int, outcome: str, error: str | None
 ) -> tuple[AttemptRecord, ...]:
-    assert job.history, f"{job.job_id}: an attempt ends but none was recorded"
+    if not job.history:
+        raise BrokenInvariant(f"{job.job_id}: an attempt ends but none was recorded")
     last = job.history[-1]
-    assert last.attempt == job.attempt
-    assert last.outcome is None, last
+    if last.attempt != job.attempt or last.outcome is not None:
+        raise BrokenInvariant(f"{job.job_id}: attempt {job.attempt} is not live in {last!r}")
     ended = AttemptRecord(
         attempt=last.attempt,
         worker_id=last.worker_id,
@@ -329,17 +340,21 @@ def _end_attempt(
 
 
 def _move(
-    state: State, old: Job | None, event: JobEvent, target: JobStatus, **changes: Any
+    state: State, old: Job | None, event: JobEvent, recorded: JobStatus | None, **changes: Any
 ) -> State:
-    """Move a job to ``target``: rebuild it with ``changes`` and update every index.
+    """Move a job along the table's edge for ``event``: rebuild it with ``changes``
+    and update every index.
 
-    ``old`` is None for a new job (``changes`` then gives every field); ``target``
-    ABSENT removes the job.  The job record is built once, after its slot in the
-    target's FIFO is known.
+    ``recorded`` is the target the event recorded, or None for an event with a
+    single possible target.  ``old`` is None for a new job (``changes`` then gives
+    every field); a target of ABSENT removes the job.  The job record is built
+    once, after its slot in the target's FIFO is known.
     """
     source = ABSENT if old is None else old.status
     # Rule 1: every move is an edge of the lifecycle table.
-    assert is_allowed(source, type(event).__name__, target), (source, event, target)
+    target = next_status(source, type(event).__name__, recorded)
+    if target is None:
+        raise BrokenInvariant(f"no lifecycle edge from {source.name} on {event!r}")
     job_id = event.job_id
     ready, timers, in_flight, finished = state.ready, state.timers, state.in_flight, state.finished
     keys, jobs = state.idempotency_keys, state.jobs
@@ -377,7 +392,8 @@ def _move(
         if target is DELAYED:
             timers = timers_push(timers, (new.ready_at_ms, new.ready_lsn, job_id))
         elif target is IN_FLIGHT:
-            assert new.lease_expires_at_ms is not None
+            if new.lease_expires_at_ms is None:
+                raise BrokenInvariant(f"{job_id}: in flight without a lease expiry")
             in_flight = in_flight.set(job_id, new.lease_expires_at_ms)
         jobs = jobs.set(job_id, new)
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import attrs
 import immutables
 
+from .errors import BrokenInvariant
+
 
 @attrs.frozen(slots=False)
 class Fifo:
@@ -35,8 +37,12 @@ def fifo_push(fifo: Fifo, job_id: str) -> tuple[Fifo, int]:
 
 
 def fifo_remove(fifo: Fifo, slot: int) -> Fifo:
-    assert fifo.head <= slot < fifo.tail, (slot, fifo.head, fifo.tail)
-    assert slot in fifo.items, slot
+    if not (fifo.head <= slot < fifo.tail):
+        raise BrokenInvariant(
+            f"broken invariant: fifo.head <= slot < fifo.tail: {(slot, fifo.head, fifo.tail)!r}"
+        )
+    if slot not in fifo.items:
+        raise BrokenInvariant(f"broken invariant: slot in fifo.items: {slot!r}")
     items = fifo.items.delete(slot)
     if not items:
         return EMPTY_FIFO
@@ -47,7 +53,8 @@ def fifo_remove(fifo: Fifo, slot: int) -> Fifo:
         head = slot + 1
         while head not in items:
             head += 1
-            assert head < fifo.tail, "a non-empty FIFO has an item before its tail"
+            if not (head < fifo.tail):
+                raise BrokenInvariant("a non-empty FIFO has an item before its tail")
     return Fifo(head, fifo.tail, items)
 
 
@@ -60,7 +67,8 @@ def fifo_first(fifo: Fifo) -> tuple[int, str] | None:
     # Bounded: a non-empty FIFO has an item before ``tail``.
     while slot not in items:
         slot += 1
-        assert slot < fifo.tail
+        if not (slot < fifo.tail):
+            raise BrokenInvariant("broken invariant: slot < fifo.tail")
     return slot, items[slot]
 
 

@@ -1,18 +1,21 @@
 """The job lifecycle: its states and the one table of allowed moves.
 
 Rule 1: a job changes state only through an event, and only along an edge of
-``TRANSITIONS``.  ``evolve`` computes the target of each event and asserts that
-``(source, event name, target)`` is an edge here; ``spec/lifecycle.py`` declares the
-same relation independently with the ``transitions`` library, and a test proves the
-two equal edge for edge.  The diagram in ``docs/lifecycle.md`` is generated from it.
+``TRANSITIONS``.  ``evolve`` looks every move up here (``next_status``); a move that
+is not in the table is a :class:`BrokenInvariant`.  ``spec/lifecycle.py`` declares
+the same relation independently with the ``transitions`` library, and a test proves
+the two equal edge for edge.  The diagram in ``docs/lifecycle.md`` is generated from it.
+
+The table has one target per key, as h11's does: a key is the job's status, the
+event's name and the status the event *recorded* (its ``target`` field), or None
+for an event that records none because it has only one possible target.  Where an
+event has several, ``decide`` chose among them and wrote the choice into the event
+(events.py); the table does not choose, it says which choices are legal.  So the
+retry rule lives in one place (model/endings.py), and changing it cannot change how
+a log already written replays.
 
 NB: ``ABSENT`` is a pseudo-state.  No job in a state is ever ABSENT; it stands for
 "not in the state", both before ``JobEnqueued`` and after ``JobForgotten``.
-
-NB: most moves have one target.  Where an event has several, the job decides: an
-attempt that ends without success goes to DEAD when its attempts are used up, to
-CANCELLED when a cancellation was requested while it ran, and otherwise back to
-PENDING, or to DELAYED when the retry waits for a backoff.
 """
 
 from __future__ import annotations
@@ -48,40 +51,54 @@ FINISHED: frozenset[JobStatus] = frozenset({COMPLETED, DEAD, CANCELLED})
 UNFINISHED: frozenset[JobStatus] = frozenset({PENDING, DELAYED, IN_FLIGHT})
 
 Edge = tuple[JobStatus, str, JobStatus]
+#: (source, event name, the target the event recorded or None) -> target.
+TransitionKey = tuple[JobStatus, str, JobStatus | None]
 
-_ATTEMPT_ENDED = frozenset({PENDING, DEAD, CANCELLED})
+#: The targets an attempt that ended without success may record.
+_RETRY_OR_FINISH = (PENDING, DEAD, CANCELLED)
 
-#: (source, event name) -> the targets that event may lead to.
-TRANSITIONS: dict[tuple[JobStatus, str], frozenset[JobStatus]] = {
-    (ABSENT, "JobEnqueued"): frozenset({PENDING, DELAYED}),
-    (DELAYED, "DelayElapsed"): frozenset({PENDING}),
-    (PENDING, "LeaseGranted"): frozenset({IN_FLIGHT}),
-    (IN_FLIGHT, "JobCompleted"): frozenset({COMPLETED}),
-    (IN_FLIGHT, "JobFailed"): _ATTEMPT_ENDED | {DELAYED},
-    (IN_FLIGHT, "LeaseExpired"): _ATTEMPT_ENDED,
-    (IN_FLIGHT, "LeaseAbandoned"): _ATTEMPT_ENDED,
+
+def _recorded(
+    source: JobStatus, event_name: str, *targets: JobStatus
+) -> dict[TransitionKey, JobStatus]:
+    """Entries for an event that records its target: each recorded target leads there."""
+    return {(source, event_name, target): target for target in targets}
+
+
+TRANSITIONS: dict[TransitionKey, JobStatus] = {
+    **_recorded(ABSENT, "JobEnqueued", PENDING, DELAYED),
+    (DELAYED, "DelayElapsed", None): PENDING,
+    (PENDING, "LeaseGranted", None): IN_FLIGHT,
+    (IN_FLIGHT, "JobCompleted", None): COMPLETED,
+    # An attempt that fails may wait for a backoff before its retry: DELAYED.
+    **_recorded(IN_FLIGHT, "JobFailed", *_RETRY_OR_FINISH, DELAYED),
+    **_recorded(IN_FLIGHT, "LeaseExpired", *_RETRY_OR_FINISH),
+    **_recorded(IN_FLIGHT, "LeaseAbandoned", *_RETRY_OR_FINISH),
     # NB: a released attempt does not count, so it never exhausts the budget: no DEAD.
-    (IN_FLIGHT, "LeaseReleased"): frozenset({PENDING, CANCELLED}),
-    (IN_FLIGHT, "CancelRequested"): frozenset({IN_FLIGHT}),
-    (PENDING, "JobCancelled"): frozenset({CANCELLED}),
-    (DELAYED, "JobCancelled"): frozenset({CANCELLED}),
+    **_recorded(IN_FLIGHT, "LeaseReleased", PENDING, CANCELLED),
+    (IN_FLIGHT, "CancelRequested", None): IN_FLIGHT,
+    (PENDING, "JobCancelled", None): CANCELLED,
+    (DELAYED, "JobCancelled", None): CANCELLED,
     # NB: the one way out of a finished state: an operator gives a dead job a
     # fresh budget of attempts.  COMPLETED and CANCELLED are absorbing.
-    (DEAD, "JobRequeued"): frozenset({PENDING}),
-    (COMPLETED, "JobForgotten"): frozenset({ABSENT}),
-    (DEAD, "JobForgotten"): frozenset({ABSENT}),
-    (CANCELLED, "JobForgotten"): frozenset({ABSENT}),
+    (DEAD, "JobRequeued", None): PENDING,
+    (COMPLETED, "JobForgotten", None): ABSENT,
+    (DEAD, "JobForgotten", None): ABSENT,
+    (CANCELLED, "JobForgotten", None): ABSENT,
 }
 
 
 def edges() -> frozenset[Edge]:
     """The transition relation as a set of (source, event name, target) edges."""
-    return frozenset(
-        (source, event_name, target)
-        for (source, event_name), targets in TRANSITIONS.items()
-        for target in targets
-    )
+    return frozenset((source, name, target) for (source, name, _), target in TRANSITIONS.items())
 
 
-def is_allowed(source: JobStatus, event_name: str, target: JobStatus) -> bool:
-    return target in TRANSITIONS.get((source, event_name), frozenset())
+def triggers() -> frozenset[tuple[JobStatus, str]]:
+    """The (source, event name) pairs that lead anywhere at all."""
+    return frozenset((source, name) for source, name, _ in TRANSITIONS)
+
+
+def next_status(source: JobStatus, event_name: str, recorded: JobStatus | None) -> JobStatus | None:
+    """The status a job in ``source`` moves to on the event, or None if the table
+    has no such move (which ``evolve`` reports as a broken invariant)."""
+    return TRANSITIONS.get((source, event_name, recorded))

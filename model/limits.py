@@ -3,11 +3,13 @@
 TigerBeetle's rule "put a limit on everything" applied to a job queue: each number
 below caps a size, a count or a loop, and every rejection that quotes a limit names
 it by the constant's name.  Names carry their unit and qualifier last
-(``timeout_ms_max``, never ``max_timeout``).  The assertions at the bottom relate the
+(``timeout_ms_max``, never ``max_timeout``).  The checks at the bottom relate the
 limits to each other, so an edit that makes them inconsistent fails at import time.
 """
 
 from __future__ import annotations
+
+from .errors import BrokenInvariant
 
 # Identifiers and names (measured in UTF-8 bytes, because that is what reaches disk).
 JOB_ID_BYTES_MAX = 128
@@ -65,13 +67,31 @@ TICK_EXPIRIES_MAX = 1_000
 TICK_PROMOTIONS_MAX = 1_000
 TICK_FORGETS_MAX = 1_000
 
-# Relations between limits: each would make some rule meaningless if broken.
-assert PRIORITY_MIN <= PRIORITY_DEFAULT <= PRIORITY_MAX
-assert 1 <= ATTEMPTS_DEFAULT <= ATTEMPTS_MAX
-assert TIMEOUT_MS_MIN <= TIMEOUT_MS_DEFAULT <= TIMEOUT_MS_MAX
-assert 0 <= BACKOFF_BASE_MS_DEFAULT <= BACKOFF_CAP_MS_DEFAULT <= BACKOFF_CAP_MS_MAX
-assert IN_FLIGHT_MAX <= JOBS_MAX
-# A job's deadline (now + delay + backoff + timeout) must stay a representable time.
-assert NOW_MS_MAX + DELAY_MS_MAX + BACKOFF_CAP_MS_MAX + TIMEOUT_MS_MAX <= TIME_MS_MAX
-# Recovery abandons every in-flight lease in one decision, so that many must fit.
-assert IN_FLIGHT_MAX <= 10 * TICK_EXPIRIES_MAX
+
+# Relations between limits: each would make some rule meaningless if broken.  They
+# are checked when the module is imported, with or without ``python -O``.
+def _check_relations() -> None:
+    relations = {
+        "PRIORITY_MIN <= PRIORITY_DEFAULT <= PRIORITY_MAX": (
+            PRIORITY_MIN <= PRIORITY_DEFAULT <= PRIORITY_MAX
+        ),
+        "1 <= ATTEMPTS_DEFAULT <= ATTEMPTS_MAX": 1 <= ATTEMPTS_DEFAULT <= ATTEMPTS_MAX,
+        "TIMEOUT_MS_MIN <= TIMEOUT_MS_DEFAULT <= TIMEOUT_MS_MAX": (
+            TIMEOUT_MS_MIN <= TIMEOUT_MS_DEFAULT <= TIMEOUT_MS_MAX
+        ),
+        "0 <= BACKOFF_BASE_MS_DEFAULT <= BACKOFF_CAP_MS_DEFAULT <= BACKOFF_CAP_MS_MAX": (
+            0 <= BACKOFF_BASE_MS_DEFAULT <= BACKOFF_CAP_MS_DEFAULT <= BACKOFF_CAP_MS_MAX
+        ),
+        # decide refuses a lease at IN_FLIGHT_MAX, and every lease is of a job in the state.
+        "IN_FLIGHT_MAX <= JOBS_MAX": IN_FLIGHT_MAX <= JOBS_MAX,
+        # A job's deadline (now + delay + backoff + timeout) must stay a representable time.
+        "NOW_MS_MAX + DELAY_MS_MAX + BACKOFF_CAP_MS_MAX + TIMEOUT_MS_MAX <= TIME_MS_MAX": (
+            NOW_MS_MAX + DELAY_MS_MAX + BACKOFF_CAP_MS_MAX + TIMEOUT_MS_MAX <= TIME_MS_MAX
+        ),
+    }
+    broken = [relation for relation, holds in relations.items() if not holds]
+    if broken:
+        raise BrokenInvariant(f"limits.py: relations broken: {'; '.join(broken)}")
+
+
+_check_relations()

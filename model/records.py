@@ -18,18 +18,29 @@ from typing import Any, TypeVar
 
 import attrs
 
+from .errors import BrokenInvariant
+
 T = TypeVar("T")
 
 _FIELD_NAMES: dict[type[Any], frozenset[str]] = {}
 
 
 def _check_class(cls: type[Any]) -> frozenset[str]:
-    assert attrs.has(cls), cls
-    assert "__slots__" not in cls.__dict__, f"{cls.__name__} must be dict-backed (slots=False)"
-    assert not hasattr(cls, "__attrs_post_init__"), cls
+    if not attrs.has(cls):
+        raise BrokenInvariant(f"broken invariant: attrs.has(cls): {cls!r}")
+    if "__slots__" in cls.__dict__:
+        raise BrokenInvariant(f"{cls.__name__} must be dict-backed (slots=False)")
+    if hasattr(cls, "__attrs_post_init__"):
+        raise BrokenInvariant(f'broken invariant: not hasattr(cls, "__attrs_post_init__"): {cls!r}')
     for field in attrs.fields(cls):
-        assert field.validator is None, (cls, field.name)
-        assert field.converter is None, (cls, field.name)
+        if field.validator is not None:
+            raise BrokenInvariant(
+                f"broken invariant: field.validator is None: {(cls, field.name)!r}"
+            )
+        if field.converter is not None:
+            raise BrokenInvariant(
+                f"broken invariant: field.converter is None: {(cls, field.name)!r}"
+            )
     names = frozenset(field.name for field in attrs.fields(cls))
     _FIELD_NAMES[cls] = names
     return names
@@ -39,7 +50,8 @@ def replace_fields(record: T, /, **changes: Any) -> T:
     """``attrs.evolve(record, **changes)`` for dict-backed frozen attrs records."""
     cls = type(record)
     names = _FIELD_NAMES.get(cls) or _check_class(cls)
-    assert changes.keys() <= names, f"not fields of {cls.__name__}: {changes.keys() - names}"
+    if not (changes.keys() <= names):
+        raise BrokenInvariant(f"not fields of {cls.__name__}: {changes.keys() - names}")
     copy: T = object.__new__(cls)
     fields = copy.__dict__
     fields.update(record.__dict__)

@@ -18,6 +18,8 @@ snapshot and the log tail; it needs no decisions, only the LSN guard.
 
 from __future__ import annotations
 
+from .endings import attempt_ending
+from .errors import BrokenInvariant
 from .events import Event, LeaseAbandoned
 from .evolve import evolve
 from .state import State
@@ -29,10 +31,17 @@ def abandon_leases(state: State, now_ms: int) -> tuple[Event, ...]:
     events: list[Event] = []
     for _expires_at_ms, job_id in leases:
         job = state.jobs[job_id]
+        ending = attempt_ending(job, now_ms, now_ms)
         event = LeaseAbandoned(
-            lsn=state.last_lsn + 1, at_ms=now_ms, job_id=job_id, attempt=job.attempt
+            lsn=state.last_lsn + 1,
+            at_ms=now_ms,
+            job_id=job_id,
+            attempt=job.attempt,
+            target=ending.target,
+            retry_at_ms=ending.retry_at_ms,
         )
         state = evolve(state, event)
         events.append(event)
-    assert not state.in_flight, "recovery left a lease live"
+    if state.in_flight:
+        raise BrokenInvariant(f"recovery left {len(state.in_flight)} leases live")
     return tuple(events)

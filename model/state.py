@@ -30,6 +30,7 @@ from __future__ import annotations
 import attrs
 import immutables
 
+from .errors import BrokenInvariant
 from .fifo import EMPTY_FIFO, Fifo
 from .jobs import Job
 from .lifecycle import JobStatus
@@ -55,7 +56,8 @@ class Counts:
 
     def moved(self, source: JobStatus, target: JobStatus) -> Counts:
         """The counts after one job moves from ``source`` to ``target``."""
-        assert source is not target
+        if source is target:
+            raise BrokenInvariant("broken invariant: source is not target")
         values = [
             self.pending,
             self.delayed,

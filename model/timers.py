@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import TypeAlias
 
+from .errors import BrokenInvariant
+
 TimerEntry = tuple[int, int, str]
 # (rank, entry, left, right); None is the empty heap.
 Heap: TypeAlias = "tuple[int, TimerEntry, Heap, Heap] | None"
@@ -52,7 +54,8 @@ def timers_peek(heap: Heap) -> TimerEntry | None:
 
 
 def timers_pop(heap: Heap) -> Heap:
-    assert heap is not None, "pop from an empty timer heap"
+    if heap is None:
+        raise BrokenInvariant("pop from an empty timer heap")
     return timers_merge(heap[2], heap[3])
 
 

@@ -18,7 +18,7 @@ Properties that need only the events (``EVENT_PROPERTIES``) take ``events``.
 Properties that compare job statuses across events (``STATE_PROPERTIES``) need the
 states as well, and take ``(events, states)``.  Each returns its violations as
 messages, empty when the history is fine; ``check_history`` runs every property
-that the given data allows and raises ``AssertionError`` naming each broken one.
+that the given data allows and raises ``BrokenInvariant`` naming each broken one.
 
 A history that starts mid-way knows nothing of the jobs' earlier lives, so the
 event properties judge a job only from what they have seen: its attempts are
@@ -32,6 +32,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 
+from beaverq.model.errors import BrokenInvariant
 from beaverq.model.events import (
     Event,
     JobCompleted,
@@ -275,17 +276,18 @@ def history_violations(
     for event_property in EVENT_PROPERTIES:
         _record(found, event_property.__name__, event_property(events))
     if states is not None:
-        assert len(states) == len(events) + 1, (
-            f"{len(events)} events need {len(events) + 1} states (before and after each), "
-            f"got {len(states)}"
-        )
+        if len(states) != len(events) + 1:
+            raise BrokenInvariant(
+                f"{len(events)} events need {len(events) + 1} states (before and after each), "
+                f"got {len(states)}"
+            )
         for state_property in STATE_PROPERTIES:
             _record(found, state_property.__name__, state_property(events, states))
     return found
 
 
 def check_history(events: Sequence[Event], states: Sequence[State] | None = None) -> None:
-    """Raise ``AssertionError`` naming every broken property of the history.
+    """Raise ``BrokenInvariant`` naming every broken property of the history.
 
     Without ``states`` only the ``EVENT_PROPERTIES`` are checked."""
     found = history_violations(events, states)
@@ -294,7 +296,7 @@ def check_history(events: Sequence[Event], states: Sequence[State] | None = None
         for name, messages in found.items():
             lines.append(f"  {name}:")
             lines.extend(f"    - {message}" for message in messages)
-        raise AssertionError("\n".join(lines))
+        raise BrokenInvariant("\n".join(lines))
 
 
 def _record(found: dict[str, list[str]], name: str, messages: list[str]) -> None:

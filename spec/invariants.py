@@ -29,6 +29,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from beaverq.model import limits
+from beaverq.model.errors import BrokenInvariant
 from beaverq.model.fifo import Fifo
 from beaverq.model.jobs import Job
 from beaverq.model.lifecycle import FINISHED, JobStatus
@@ -384,14 +385,14 @@ def violations(state: State) -> dict[str, list[str]]:
 
 
 def check_all(state: State) -> None:
-    """Raise ``AssertionError`` naming every broken invariant of ``state``."""
+    """Raise ``BrokenInvariant`` naming every broken invariant of ``state``."""
     found = violations(state)
     if found:
         lines = [f"{len(found)} invariant(s) broken at LSN {state.last_lsn}:"]
         for name, messages in found.items():
             lines.append(f"  {name}:")
             lines.extend(f"    - {message}" for message in messages)
-        raise AssertionError("\n".join(lines))
+        raise BrokenInvariant("\n".join(lines))
 
 
 def _capped(messages: list[str]) -> list[str]:

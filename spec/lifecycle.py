@@ -40,6 +40,8 @@ from typing import TYPE_CHECKING
 
 from transitions import EventData, Machine, MachineError
 
+from beaverq.model.errors import BrokenInvariant
+
 if TYPE_CHECKING:
     # Only in the library's stubs: the shape of one transition declaration.
     from transitions.core import TransitionConfigDict
@@ -81,7 +83,8 @@ def _is_requested_target(event_data: EventData) -> bool:
     ``event_data.transition`` to the edge under test before calling this.
     """
     transition = event_data.transition
-    assert transition is not None, "transitions evaluates conditions on a transition"
+    if transition is None:
+        raise BrokenInvariant("transitions evaluates conditions on a transition")
     return event_data.kwargs.get("target") == transition.dest
 
 
@@ -139,7 +142,8 @@ _DECLARATIONS: list[TransitionConfigDict] = [
 def build_machine(model: object | None = None, initial: str = ABSENT) -> Machine:
     """A fresh machine over the declarations; ``model`` None builds it without a model
     (enough to read the edges off it)."""
-    assert initial in STATES, f"unknown initial state {initial!r}; states are {STATES}"
+    if initial not in STATES:
+        raise BrokenInvariant(f"unknown initial state {initial!r}; states are {STATES}")
     return Machine(
         model=model,
         states=list(STATES),
@@ -159,9 +163,13 @@ def spec_edges() -> frozenset[SpecEdge]:
         for source, transitions in event.transitions.items():
             for transition in transitions:
                 # Every declaration names a target; None would be an internal move.
-                assert transition.dest is not None, (trigger, source)
+                if transition.dest is None:
+                    raise BrokenInvariant(
+                        f"broken invariant: transition.dest is not None: {(trigger, source)!r}"
+                    )
                 found.add((source, trigger, transition.dest))
-    assert found, "the machine registered no edges"
+    if not found:
+        raise BrokenInvariant("the machine registered no edges")
     return frozenset(found)
 
 
@@ -185,7 +193,8 @@ class LifecycleMachine:
 
     def __init__(self, status: str = ABSENT) -> None:
         self.machine = build_machine(self, initial=status)
-        assert self.status == status
+        if self.status != status:
+            raise BrokenInvariant("broken invariant: self.status == status")
 
     def fire(self, trigger: str, target: str) -> str:
         """Move along the edge (status, trigger, target); return the new status."""
@@ -203,5 +212,8 @@ class LifecycleMachine:
             raise MachineError(
                 f"{trigger} from {source!r} cannot lead to {target!r}, only to {reachable}"
             )
-        assert self.status == target, (source, trigger, target, self.status)
+        if self.status != target:
+            raise BrokenInvariant(
+                f"{trigger} from {source!r} to {target!r} left the machine in {self.status!r}"
+            )
         return self.status

@@ -45,7 +45,7 @@ from beaverq.model.commands import (
     ResumeQueue,
     Tick,
 )
-from beaverq.model.errors import Rejected, Rejection
+from beaverq.model.errors import BrokenInvariant, Rejected, Rejection
 from beaverq.model.lifecycle import JobStatus
 
 EventSummary = tuple[str, str | None]
@@ -204,7 +204,8 @@ class Oracle:
             self._dispatch(command)
         except _Refusal as refusal:
             # Every handler checks before it changes anything, so nothing to undo.
-            assert self._events == [], "a refusal after an event was emitted"
+            if self._events != []:
+                raise BrokenInvariant("a refusal after an event was emitted") from refusal
             raise Rejected(
                 Rejection(
                     command=type(command).__name__,
@@ -331,7 +332,9 @@ class Oracle:
             raise _Refusal("jobs_max_reached", "JOBS_MAX jobs in the state", job_id)
         # Step 4.
         ready_at = c.now_ms + c.delay_ms
-        assert self._emit("JobEnqueued", job_id) == lsn
+        emitted_lsn = self._emit("JobEnqueued", job_id)
+        if emitted_lsn != lsn:
+            raise BrokenInvariant(f"JobEnqueued of {job_id!r} at LSN {emitted_lsn}, not {lsn}")
         self.jobs[job_id] = _Job(
             job_id=job_id,
             queue=c.queue,
@@ -464,7 +467,8 @@ class Oracle:
             if not self.finished_order:
                 break
             oldest = self.jobs[self.finished_order[0]]
-            assert oldest.finished_at_ms is not None
+            if oldest.finished_at_ms is None:
+                raise BrokenInvariant("broken invariant: oldest.finished_at_ms is not None")
             too_many = len(self.finished_order) > c.finished_jobs_retained_max
             too_old = oldest.finished_at_ms + c.retention_ms <= now
             if not (too_many or too_old):

@@ -13,6 +13,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from beaverq.model import backoff_ms, limits
+from beaverq.model.errors import BrokenInvariant
 
 ATTEMPTS = st.integers(1, limits.ATTEMPTS_MAX)
 SEEDS = st.integers(0, 2**64 - 1)
@@ -116,7 +117,7 @@ def test_the_jitter_seed_spreads_delays_over_the_whole_upper_half(n, base, offse
 def test_arguments_outside_the_contract_are_a_broken_invariant(args):
     """Goal: ``backoff_ms`` asserts its preconditions (decide validated them already).
 
-    Method: call it with each precondition broken; it raises AssertionError.
+    Method: call it with each precondition broken; it raises BrokenInvariant.
     """
-    with pytest.raises(AssertionError):
+    with pytest.raises(BrokenInvariant):
         backoff_ms(*args)

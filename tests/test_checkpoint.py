@@ -30,6 +30,7 @@ from beaverq.model import (
     evolve,
 )
 from beaverq.model.checkpoint import checkpoint_of, restore
+from beaverq.model.errors import BrokenInvariant
 from beaverq.model.state import timer_is_live
 from beaverq.spec.invariants import check_all
 
@@ -206,7 +207,7 @@ def _tamper(name):
 )
 def test_a_tampered_checkpoint_fails_loudly(damage, message):
     """Goal: a checkpoint that does not describe a consistent state raises
-    AssertionError at restore, with a message saying what is wrong.
+    BrokenInvariant at restore, with a message saying what is wrong.
 
     Method: take the scenario's checkpoint (it has several jobs, FIFOs and timers),
     apply one damage (wrong counts, a job listed twice or left out, FIFO bounds
@@ -217,5 +218,5 @@ def test_a_tampered_checkpoint_fails_loudly(damage, message):
     assert len(checkpoint.jobs) >= 2 and len(checkpoint.ready) >= 1
     assert len(set(checkpoint.timers)) >= 2
     restore(checkpoint)
-    with pytest.raises(AssertionError, match=message):
+    with pytest.raises(BrokenInvariant, match=message):
         restore(_tamper(damage)(checkpoint))

@@ -40,6 +40,7 @@ from beaverq.model import (
     initial_state,
 )
 from beaverq.model.checkpoint import checkpoint_of, restore
+from beaverq.model.lifecycle import JobStatus
 
 # -- Strategies: one per event class, built field by field. ---------------------------
 
@@ -60,6 +61,7 @@ def _strategy_for(annotation: object) -> st.SearchStrategy:
         "int | None": st.none() | INTS,
         "str | None": st.none() | TEXT,
         "JobSpec": st.deferred(lambda: JOB_SPECS),
+        "JobStatus": st.sampled_from(JobStatus),
     }
     name = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", None)
     if name is None or name not in table:

@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from beaverq.model import Complete, Enqueue, Lease, decide, evolve, initial_state
+from beaverq.model.errors import BrokenInvariant
 from beaverq.model.jobs import AttemptRecord, Job
 from beaverq.model.lifecycle import JobStatus
 from beaverq.model.records import replace_fields
@@ -65,14 +66,14 @@ def test_replace_fields_equals_attrs_evolve_for_counts(pending: int, dead: int) 
 
 
 def test_replace_fields_refuses_unknown_fields_and_slotted_classes() -> None:
-    with pytest.raises(AssertionError, match="not fields of Job"):
+    with pytest.raises(BrokenInvariant, match="not fields of Job"):
         replace_fields(JOB, colour="blue")
 
     @attrs.frozen
     class Slotted:
         value: int
 
-    with pytest.raises(AssertionError, match="dict-backed"):
+    with pytest.raises(BrokenInvariant, match="dict-backed"):
         replace_fields(Slotted(1), value=2)
     record = AttemptRecord(attempt=1, worker_id="w", leased_at_ms=0, expires_at_ms=1)
     assert replace_fields(record, outcome="failed") == attrs.evolve(record, outcome="failed")

@@ -46,6 +46,8 @@ from beaverq.model import (
     State,
     Tick,
 )
+from beaverq.model.errors import BrokenInvariant
+from beaverq.model.lifecycle import DEAD
 from beaverq.spec.history import (
     EVENT_PROPERTIES,
     STATE_PROPERTIES,
@@ -176,7 +178,9 @@ def _complete_with_a_later_attempt(events: list[Event]) -> list[Event]:
 def _fail_after_completion(events: list[Event]) -> list[Event]:
     """A result for a lease that already ended (the fence must refuse it)."""
     done = index_of(events, JobCompleted, "a")
-    stale = JobFailed(lsn=0, at_ms=1, job_id="a", attempt=1, error="late", retry_at_ms=None)
+    stale = JobFailed(
+        lsn=0, at_ms=1, job_id="a", attempt=1, error="late", target=DEAD, retry_at_ms=None
+    )
     return renumbered([*events[: done + 1], stale, *events[done + 1 :]])
 
 
@@ -218,7 +222,7 @@ def test_event_property_catches_a_broken_history(name: str, what: str, breaks: E
     assert name not in history_violations(events), f"{name} must hold before the break"
     broken = breaks(events)
     assert name in history_violations(broken), f"{name} misses: {what}"
-    with pytest.raises(AssertionError, match=name):
+    with pytest.raises(BrokenInvariant, match=name):
         check_history(broken)
 
 
@@ -301,7 +305,7 @@ def test_state_property_catches_a_broken_history(name: str, what: str, breaks: S
     events, states = breaks(history)
     assert len(states) == len(events) + 1
     assert name in history_violations(events, states), f"{name} misses: {what}"
-    with pytest.raises(AssertionError, match=name):
+    with pytest.raises(BrokenInvariant, match=name):
         check_history(events, states)
 
 
@@ -320,5 +324,5 @@ def test_state_properties_need_states() -> None:
 
 def test_states_of_the_wrong_length_are_a_caller_error() -> None:
     events, states = scenario()
-    with pytest.raises(AssertionError, match="need"):
+    with pytest.raises(BrokenInvariant, match="need"):
         check_history(events, states[1:])

@@ -39,6 +39,7 @@ from beaverq.model import (
     Tick,
     limits,
 )
+from beaverq.model.errors import BrokenInvariant
 from beaverq.model.fifo import EMPTY_FIFO, Fifo, fifo_push
 from beaverq.model.timers import EMPTY_TIMERS, timers_push
 from beaverq.spec.invariants import (
@@ -340,7 +341,7 @@ def test_invariant_catches_a_broken_state(name: str, what: str, break_state: Bre
     assert invariant(state) == [], f"{name} must hold before the break"
     broken = break_state(state)
     assert invariant(broken), f"{name} misses: {what}"
-    with pytest.raises(AssertionError, match=name):
+    with pytest.raises(BrokenInvariant, match=name):
         check_all(broken)
 
 
@@ -357,7 +358,7 @@ def test_check_all_names_every_broken_invariant() -> None:
         idempotency_keys=state.idempotency_keys.delete("k-ready"),
     )
     assert set(violations(broken)) == {"attempts_within_budget", "idempotency_keys_consistent"}
-    with pytest.raises(AssertionError) as raised:
+    with pytest.raises(BrokenInvariant) as raised:
         check_all(broken)
     assert "attempts_within_budget" in str(raised.value)
     assert "idempotency_keys_consistent" in str(raised.value)

@@ -28,6 +28,7 @@ from beaverq.model import (
     initial_state,
     limits,
 )
+from beaverq.model.lifecycle import JobStatus
 
 LIMIT_NAMES = sorted(name for name in vars(limits) if name.isupper())
 
@@ -324,7 +325,11 @@ def nearly_full() -> State:
     log: list[Event] = []
     for i in range(limits.IN_FLIGHT_MAX + 1):
         lsn += 1
-        log.append(JobEnqueued(lsn=lsn, at_ms=0, spec=_spec(f"x{i:05d}"), ready_at_ms=0))
+        log.append(
+            JobEnqueued(
+                lsn=lsn, at_ms=0, spec=_spec(f"x{i:05d}"), ready_at_ms=0, target=JobStatus.PENDING
+            )
+        )
     for i in range(limits.IN_FLIGHT_MAX - 1):
         lsn += 1
         log.append(

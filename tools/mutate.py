@@ -108,13 +108,25 @@ EVOLVE_UNGUARDED = Edit(
     "model/evolve.py",
     "    if event.lsn <= state.last_lsn:\n"
     "        return state\n"
-    "    assert event.lsn == state.last_lsn + 1, (\n"
-    '        f"log gap: state is at LSN {state.last_lsn}, next event has LSN {event.lsn}"\n'
-    "    )\n"
+    "    if event.lsn != state.last_lsn + 1:\n"
+    "        # The log lost a record (or the caller skipped one): applying this event\n"
+    "        # would build a state no history produces.\n"
+    "        raise BrokenInvariant(\n"
+    '            f"log gap: state is at LSN {state.last_lsn}, next event has LSN {event.lsn}"\n'
+    "        )\n"
     "    after = apply_event(state, event)\n"
-    "    assert after.last_lsn == event.lsn\n"
+    "    if after.last_lsn != event.lsn:\n"
+    '        raise BrokenInvariant(f"{event!r} left the state at LSN {after.last_lsn}")\n'
     "    return after\n",
     "    return apply_event(state, event)\n",
+)
+# Storage.take_snapshot's check that the state it snapshots is exactly the durable log.
+SNAPSHOT_CHECK = (
+    "        if state.last_lsn != self._writer.durable_lsn:\n"
+    "            raise BrokenInvariant(\n"
+    '                f"snapshot of a state at LSN {state.last_lsn}; the log is durable to "\n'
+    '                f"{self._writer.durable_lsn}"\n'
+    "            )\n"
 )
 APPLY_UNGUARDED = (
     Edit(
@@ -255,9 +267,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         (
             Edit(
                 "impl/storage.py",
-                "        self.flush()\n"
-                "        assert state.last_lsn == self._writer.durable_lsn, "
-                "(state.last_lsn, self.durable_lsn)\n",
+                "        self.flush()\n" + SNAPSHOT_CHECK,
                 "",
             ),
             Edit(
@@ -280,8 +290,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         (
             Edit(
                 "impl/storage.py",
-                "        assert state.last_lsn == self._writer.durable_lsn, "
-                "(state.last_lsn, self.durable_lsn)\n",
+                SNAPSHOT_CHECK,
                 "",
             ),
         ),
@@ -387,10 +396,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         (
             Edit(
                 "model/evolve.py",
-                "    assert event.lsn == state.last_lsn + 1, (\n"
-                '        f"log gap: state is at LSN {state.last_lsn}, next event has LSN '
+                "    if event.lsn != state.last_lsn + 1:\n"
+                "        # The log lost a record (or the caller skipped one): applying this "
+                "event\n"
+                "        # would build a state no history produces.\n"
+                "        raise BrokenInvariant(\n"
+                '            f"log gap: state is at LSN {state.last_lsn}, next event has LSN '
                 '{event.lsn}"\n'
-                "    )\n",
+                "        )\n",
                 "",
             ),
         ),
