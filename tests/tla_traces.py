@@ -161,21 +161,26 @@ def project_table(state: State, job_ids: Sequence[str]) -> dict[str, Any]:
 def spec_event(event: Event) -> dict[str, Any]:
     """The log record the spec appends for ``event`` (see EventRecord in the spec)."""
     attempt = getattr(event, "attempt", 0)
-    delayed = False
-    budget = 0
-    if isinstance(event, JobEnqueued):
-        delayed = event.ready_at_ms > event.at_ms
-        budget = event.spec.max_attempts
-    elif isinstance(event, JobFailed):
-        delayed = event.retry_at_ms is not None and event.retry_at_ms > event.at_ms
+    # The recorded decision (model/events.py): JobEnqueued and the ending events.
+    recorded = getattr(event, "target", None)
+    budget = event.spec.max_attempts if isinstance(event, JobEnqueued) else 0
     return {
         "lsn": event.lsn,
         "type": type(event).__name__,
         "job": event.job_id,  # type: ignore[union-attr]
         "attempt": attempt,
-        "delayed": delayed,
+        "target": "none" if recorded is None else recorded.value,
         "max": budget,
     }
+
+
+def waits_for_backoff(event: Event) -> bool:
+    """The ``delayed`` parameter of the spec's JobEnqueued and JobFailed actions."""
+    if isinstance(event, JobEnqueued):
+        return event.ready_at_ms > event.at_ms
+    if isinstance(event, JobFailed):
+        return event.retry_at_ms is not None and event.retry_at_ms > event.at_ms
+    return False
 
 
 # -- The driver. --------------------------------------------------------------------------
@@ -248,15 +253,14 @@ class ModelRun:
         params: dict[str, Any] = {"event": spec_event(event)}
         job = event.job_id  # type: ignore[union-attr]
         if isinstance(event, JobEnqueued):
-            record = spec_event(event)
-            params.update(job=job, delayed=record["delayed"], budget=record["max"])
+            params.update(job=job, delayed=waits_for_backoff(event), budget=event.spec.max_attempts)
         elif isinstance(event, LeaseGranted):
             self.held[event.worker_id] = (job, event.attempt)
             params.update(worker=event.worker_id, job=job)
         elif isinstance(event, (JobCompleted, JobFailed, LeaseReleased)):
             assert worker, event
             self.held[worker] = None
-            params.update(worker=worker, delayed=spec_event(event)["delayed"])
+            params.update(worker=worker, delayed=waits_for_backoff(event))
         elif isinstance(event, LeaseAbandoned):
             if not self.state.in_flight:
                 self.phase = "up"

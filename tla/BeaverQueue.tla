@@ -112,20 +112,24 @@ JobRecord == [status : Statuses, attempt : 0..AttemptMax, used : 0..MaxAttempts,
 NoJob == [status |-> "absent", attempt |-> 0, used |-> 0, cancel |-> FALSE, max |-> 0]
 EmptyTable == [jobs |-> [j \in Jobs |-> NoJob], lsn |-> 0]
 
-\* A log record.  attempt is 0 for events that carry none, delayed is the
-\* decision "the retry waits for a backoff" (JobEnqueued: "the job starts
-\* delayed"), max is the budget (JobEnqueued only).
+\* A log record.  attempt is 0 for events that carry none; target is the
+\* status the event's decision chose (model/events.py: JobEnqueued and the
+\* events that end an attempt record it), NoTarget for the events with only
+\* one possible target; max is the budget (JobEnqueued only).
+NoTarget == "none"
 EventRecord == [lsn : Nat \ {0}, type : EventTypes, job : Jobs, attempt : 0..AttemptMax,
-                delayed : BOOLEAN, max : {0} \cup Budgets]
-Event(type, j, a, d, m) ==
-    [lsn |-> 1, type |-> type, job |-> j, attempt |-> a, delayed |-> d, max |-> m]
+                target : Statuses \cup {NoTarget}, max : {0} \cup Budgets]
+Event(type, j, a, target, m) ==
+    [lsn |-> 1, type |-> type, job |-> j, attempt |-> a, target |-> target, max |-> m]
 
 NoLease == <<>>
 
 -----------------------------------------------------------------------------
 (* Apply: what an event does to a job (model/evolve.py).                  *)
 
-\* Where an attempt that did not succeed leads (evolve.ending_target).
+\* Where an attempt that did not succeed leads: the retry rule,
+\* endings.attempt_ending.  Only the actions below (decide) call it; Apply
+\* (evolve) applies the target the event recorded and never asks the rule.
 Ending(r, delayed) ==
     IF r.cancel THEN "cancelled"
     ELSE IF r.used >= r.max THEN "dead"
@@ -134,18 +138,15 @@ Ending(r, delayed) ==
 
 Apply(r, e) ==
     CASE e.type = "JobEnqueued" ->
-            [status |-> IF e.delayed THEN "delayed" ELSE "pending",
-             attempt |-> 0, used |-> 0, cancel |-> FALSE, max |-> e.max]
+            [status |-> e.target, attempt |-> 0, used |-> 0, cancel |-> FALSE, max |-> e.max]
       [] e.type = "DelayElapsed" -> [r EXCEPT !.status = "pending"]
       [] e.type = "LeaseGranted" ->
             [r EXCEPT !.status = "in_flight", !.attempt = e.attempt, !.used = @ + 1]
       [] e.type = "JobCompleted" -> [r EXCEPT !.status = "completed"]
       [] e.type \in {"JobFailed", "LeaseExpired", "LeaseAbandoned"} ->
-            [r EXCEPT !.status = Ending(r, e.delayed)]
-      \* The released attempt is uncounted first, so Ending never says dead.
-      [] e.type = "LeaseReleased" ->
-            LET uncounted == [r EXCEPT !.used = @ - 1]
-            IN  [uncounted EXCEPT !.status = Ending(uncounted, FALSE)]
+            [r EXCEPT !.status = e.target]
+      \* The released attempt is given back: it does not count.
+      [] e.type = "LeaseReleased" -> [r EXCEPT !.status = e.target, !.used = @ - 1]
       [] e.type = "CancelRequested" -> [r EXCEPT !.cancel = TRUE]
       [] e.type = "JobCancelled" -> [r EXCEPT !.status = "cancelled"]
       [] e.type = "JobRequeued" ->
@@ -226,13 +227,13 @@ CanRequeue(j)    == Status(j) = "dead" /\ requeues < MaxRequeues
 
 JobEnqueued(j, delayed, budget) ==
     /\ CanAppend /\ CanEnqueue(j)
-    /\ Emit(Event("JobEnqueued", j, 0, delayed, budget))
+    /\ Emit(Event("JobEnqueued", j, 0, IF delayed THEN "delayed" ELSE "pending", budget))
     /\ acked' = IF Bug = "AckBeforeSync" THEN acked \cup {j} ELSE acked
     /\ UNCHANGED <<durable, held, phase, completions, crashes, requeues, releases>>
 
 DelayElapsed(j) ==
     /\ CanAppend /\ CanRelease(j)
-    /\ Emit(Event("DelayElapsed", j, 0, FALSE, 0))
+    /\ Emit(Event("DelayElapsed", j, 0, NoTarget, 0))
     /\ UNCHANGED <<durable, held, phase, history>>
 
 \* Python does not check attempts_used < max_attempts here: a pending job
@@ -240,14 +241,14 @@ DelayElapsed(j) ==
 LeaseGranted(w, j) ==
     /\ CanAppend /\ CanLease(w, j)
     /\ LET attempt == Rec(j).attempt + 1
-       IN  /\ Emit(Event("LeaseGranted", j, attempt, FALSE, 0))
+       IN  /\ Emit(Event("LeaseGranted", j, attempt, NoTarget, 0))
            /\ held' = [held EXCEPT ![w] = <<j, attempt>>]
     /\ UNCHANGED <<durable, phase, history>>
 
 \* Completion wins over a requested cancellation: the work was done.
 JobCompleted(w) ==
     /\ CanAppend /\ Accepts(w)
-    /\ Emit(Event("JobCompleted", held[w][1], held[w][2], FALSE, 0))
+    /\ Emit(Event("JobCompleted", held[w][1], held[w][2], NoTarget, 0))
     /\ held' = [held EXCEPT ![w] = NoLease]
     /\ UNCHANGED <<durable, phase, history>>
 
@@ -255,7 +256,7 @@ JobCompleted(w) ==
 JobFailed(w, delayed) ==
     /\ CanAppend /\ Accepts(w)
     /\ delayed => Ending(Rec(held[w][1]), TRUE) = "delayed"
-    /\ Emit(Event("JobFailed", held[w][1], held[w][2], delayed, 0))
+    /\ Emit(Event("JobFailed", held[w][1], held[w][2], Ending(Rec(held[w][1]), delayed), 0))
     /\ held' = [held EXCEPT ![w] = NoLease]
     /\ UNCHANGED <<durable, phase, history>>
 
@@ -263,7 +264,7 @@ JobFailed(w, delayed) ==
 \* and will report a stale result (StaleResultRefused).
 LeaseExpired(j) ==
     /\ CanAppend /\ CanExpire(j)
-    /\ Emit(Event("LeaseExpired", j, Rec(j).attempt, FALSE, 0))
+    /\ Emit(Event("LeaseExpired", j, Rec(j).attempt, Ending(Rec(j), FALSE), 0))
     /\ UNCHANGED <<durable, held, phase, history>>
 
 \* The runtime gives the live attempt back unfinished (a graceful shutdown
@@ -272,7 +273,9 @@ LeaseExpired(j) ==
 \* Not fair: a shutdown is under no obligation, and MaxReleases bounds them.
 LeaseReleased(w) ==
     /\ CanAppend /\ Accepts(w) /\ releases < MaxReleases
-    /\ Emit(Event("LeaseReleased", held[w][1], held[w][2], FALSE, 0))
+    \* Decided on the job with the attempt given back, so never dead.
+    /\ LET uncounted == [Rec(held[w][1]) EXCEPT !.used = @ - 1]
+       IN  Emit(Event("LeaseReleased", held[w][1], held[w][2], Ending(uncounted, FALSE), 0))
     /\ held' = [held EXCEPT ![w] = NoLease]
     /\ releases' = releases + 1
     /\ UNCHANGED <<durable, phase, acked, completions, crashes, requeues>>
@@ -281,24 +284,24 @@ LeaseReleased(w) ==
 LeaseAbandoned(j) ==
     /\ phase = "recovering" /\ Len(tail) < MaxTail
     /\ Status(j) = "in_flight"
-    /\ Emit(Event("LeaseAbandoned", j, Rec(j).attempt, FALSE, 0))
+    /\ Emit(Event("LeaseAbandoned", j, Rec(j).attempt, Ending(Rec(j), FALSE), 0))
     /\ phase' = IF \E k \in Jobs \ {j} : Status(k) = "in_flight"
                 THEN "recovering" ELSE "up"
     /\ UNCHANGED <<durable, held, history>>
 
 CancelRequested(j) ==
     /\ CanAppend /\ CanRequestCancel(j)
-    /\ Emit(Event("CancelRequested", j, 0, FALSE, 0))
+    /\ Emit(Event("CancelRequested", j, 0, NoTarget, 0))
     /\ UNCHANGED <<durable, held, phase, history>>
 
 JobCancelled(j) ==
     /\ CanAppend /\ CanCancel(j)
-    /\ Emit(Event("JobCancelled", j, 0, FALSE, 0))
+    /\ Emit(Event("JobCancelled", j, 0, NoTarget, 0))
     /\ UNCHANGED <<durable, held, phase, history>>
 
 JobRequeued(j) ==
     /\ CanAppend /\ CanRequeue(j)
-    /\ Emit(Event("JobRequeued", j, 0, FALSE, 0))
+    /\ Emit(Event("JobRequeued", j, 0, NoTarget, 0))
     /\ requeues' = requeues + 1
     /\ UNCHANGED <<durable, held, phase, acked, completions, crashes, releases>>
 
