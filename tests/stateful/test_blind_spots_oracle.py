@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from test_model_vs_oracle import SUMMARY_JOB_FIELDS, replay_both, run_model
 
@@ -112,6 +112,9 @@ class _Life:
     leases=st.one_of(st.integers(1, 12), st.integers(limits.ATTEMPTS_MAX, 250)),
     seeds=st.lists(st.integers(0, 2**64 - 1), min_size=1, max_size=8),
 )
+# The shortest life where the fence and the attempts used differ at a failure: a release,
+# then a failure whose backoff window is base * 2**(attempts_used - 1), capped.
+@example(max_attempts=3, base=100, cap_extra=999, cycle=["release", "fail"], leases=2, seeds=[5])
 def test_a_long_life_of_releases_requeues_and_retries_agrees_field_by_field(
     max_attempts: int, base: int, cap_extra: int, cycle: list[str], leases: int, seeds: list[int]
 ) -> None:
