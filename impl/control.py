@@ -32,6 +32,7 @@ from typing import Any
 from beaverq.model import (
     Cancel,
     PauseQueue,
+    Recover,
     Rejected,
     Requeue,
     ResumeQueue,
@@ -416,7 +417,11 @@ def _check(state: State, op: str, params: Mapping[str, Any]) -> None:
         else:
             make = PauseQueue if op == "pause" else ResumeQueue
             commands = [make(now_ms=now, queue=params["queue"])]
-        for command in commands:
+        # Opening decides Recover first (the controller's R5: a dead runner's leases
+        # are abandoned, and counted), so the check does too: it must refuse exactly
+        # what the opened directory would, or a refusal would come after the writes
+        # of opening (LOCK, a WAL segment, a snapshot).
+        for command in [Recover(now_ms=now), *commands]:
             for event in decide(state, command):
                 state = evolve(state, event)
     except KeyError as missing:

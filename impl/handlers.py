@@ -234,7 +234,10 @@ class HandlerRegistry:
 def _outcome_of_result(name: str, value: Any) -> Outcome:
     try:
         text = json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
-    except (TypeError, ValueError, RecursionError) as error:
+    except Exception as error:
+        # TypeError, ValueError (NaN), RecursionError (nested too deeply), and whatever
+        # a container of the handler's own raises when the encoder reads it: all end
+        # the attempt.  Escaping, it would end the worker thread and hang the lease.
         return Outcome.failure(
             f"{name}: the result is not JSON-able ({error}); return a dict, list, str, "
             "int, finite float, bool or None"

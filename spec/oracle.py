@@ -19,9 +19,13 @@ Naive on purpose, so that it is easy to believe:
 - a command first checks everything it may refuse, and only then changes anything, so
   a refusal changes nothing without needing copies or undo.
 
-No event objects are built: ``execute`` returns each event as (type name, job id or
-queue name), which is what the differential test compares.  Nothing here is fast
-(most commands are O(jobs), a Tick O(jobs * events)); the test keeps states small.
+No event objects are built: ``execute`` returns each event as a plain dict, its type
+name under ``"type"`` and every field the page gives it (the LSN, the time, the job
+or queue, and what the event records: a lease's expiry, a failure's error and retry
+time, ...), which the differential test compares field by field with the model's
+events.  A field whose exact text the page leaves open holds a ``Prefix``: the part
+the page does fix.  Nothing here is fast (most commands are O(jobs), a Tick
+O(jobs * events)); the test keeps states small.
 """
 
 from __future__ import annotations
@@ -48,7 +52,16 @@ from beaverq.model.commands import (
 from beaverq.model.errors import BrokenInvariant, Rejected, Rejection
 from beaverq.model.lifecycle import JobStatus
 
-EventSummary = tuple[str, str | None]
+EventRecord = dict[str, object]  # "type" and every field of one event
+
+
+@dataclasses.dataclass(frozen=True)
+class Prefix:
+    """An event field of which the page fixes only the start (an error's detail is the
+    refusing rule's message, whose wording the page does not give)."""
+
+    text: str
+
 
 _FINISHED = (JobStatus.COMPLETED, JobStatus.DEAD, JobStatus.CANCELLED)
 _ASCII_DIGITS = "0123456789"
@@ -75,6 +88,8 @@ class _Job:
 
     job_id: str
     queue: str
+    handler: str
+    args_json: str
     priority: int
     max_attempts: int
     timeout_ms: int
@@ -89,6 +104,22 @@ class _Job:
     cancel_requested: bool = False
     lease_expires_at_ms: int | None = None
     finished_at_ms: int | None = None
+    result_json: str | None = None  # COMPLETED: what the worker returned
+
+    def spec(self) -> dict[str, object]:
+        """What the enqueue asked for, as ``JobEnqueued`` records it."""
+        return {
+            "job_id": self.job_id,
+            "queue": self.queue,
+            "handler": self.handler,
+            "args_json": self.args_json,
+            "priority": self.priority,
+            "max_attempts": self.max_attempts,
+            "timeout_ms": self.timeout_ms,
+            "backoff_base_ms": self.backoff_base_ms,
+            "backoff_cap_ms": self.backoff_cap_ms,
+            "idempotency_key": self.idempotency_key,
+        }
 
 
 # -- field checks (semantics.md, Enqueue step 1; rule names <field>_<problem>) --------
@@ -171,6 +202,23 @@ def _check_json(name: str, text: object, bytes_max: int, job_id: str | None = No
         raise _Refusal(f"{name}_invalid", f"{name} is not JSON: {error}", job_id) from None
 
 
+def _storable_error(text: str) -> str:
+    """semantics.md: "an error message has [lone surrogates] replaced by U+FFFD", and
+    "the error is cut to 4 KiB".  NOT in semantics.md (adopted from the model, found
+    when the differential test began comparing every event field; reported): a lone
+    surrogate becomes three U+FFFD, one per byte of its 3-byte form, and the cut drops
+    a character that would straddle the 4,096th byte."""
+    replaced = "".join("\ufffd" * 3 if 0xD800 <= ord(ch) <= 0xDFFF else ch for ch in text)
+    kept: list[str] = []
+    size = 0
+    for ch in replaced:
+        size += _utf8_bytes(ch)
+        if size > limits.ERROR_BYTES_MAX:
+            break
+        kept.append(ch)
+    return "".join(kept)
+
+
 def _backoff_ms(attempts_used: int, base_ms: int, cap_ms: int, jitter_seed: int) -> int:
     """semantics.md, Fail: with w = min(cap, base * 2**(attempts_used-1)),
     backoff = w//2 + seed % (w - w//2 + 1): "equal jitter" over the upper half of w."""
@@ -189,12 +237,12 @@ class Oracle:
         self.finished_order: list[str] = []  # finished job ids, oldest finish first
         self.paused: list[str] = []
         self.last_lsn = 0
-        self._events: list[EventSummary] = []
+        self._events: list[EventRecord] = []
         self._now_ms = 0
 
     # -- the interface ---------------------------------------------------------------
 
-    def execute(self, command: Command) -> list[EventSummary]:
+    def execute(self, command: Command) -> list[EventRecord]:
         """The events ``command`` produces, in order; or raise ``Rejected``."""
         self._events = []
         try:
@@ -218,18 +266,27 @@ class Oracle:
 
     def observe(self) -> dict[str, object]:
         """A summary to compare with the model's state (see the differential test)."""
+        pending_or_delayed = (JobStatus.PENDING, JobStatus.DELAYED)
         return {
             "jobs": {
                 job.job_id: {
+                    "spec": job.spec(),
                     "status": job.status.value,
                     "attempt": job.attempt,
                     "attempts_used": job.attempts_used,
                     "cancel_requested": job.cancel_requested,
-                    "queue": job.queue,
-                    "priority": job.priority,
+                    # Each time below only where the page gives it a meaning.
+                    "ready_lsn": job.ready_lsn if job.status in pending_or_delayed else None,
+                    "ready_at_ms": job.ready_at_ms if job.status is JobStatus.DELAYED else None,
+                    "lease_expires_at_ms": job.lease_expires_at_ms
+                    if job.status is JobStatus.IN_FLIGHT
+                    else None,
+                    "finished_at_ms": job.finished_at_ms if job.status in _FINISHED else None,
+                    "result_json": job.result_json if job.status is JobStatus.COMPLETED else None,
                 }
                 for job in self.jobs.values()
             },
+            "finished_order": list(self.finished_order),
             "paused_queues": frozenset(self.paused),
             "last_lsn": self.last_lsn,
         }
@@ -262,10 +319,12 @@ class Oracle:
         else:  # pragma: no cover - the Command union is exhaustive
             raise AssertionError(f"unknown command {command!r}")
 
-    def _emit(self, event_type: str, key: str) -> int:
-        """Record an event; return its LSN (the previous one + 1)."""
+    def _emit(self, event_type: str, **fields: object) -> int:
+        """Record an event with its fields; return its LSN (the previous one + 1)."""
         self.last_lsn += 1
-        self._events.append((event_type, key))
+        self._events.append(
+            {"type": event_type, "lsn": self.last_lsn, "at_ms": self._now_ms, **fields}
+        )
         return self.last_lsn
 
     def _job(self, job_id: str) -> _Job:
@@ -285,17 +344,31 @@ class Oracle:
         job.lease_expires_at_ms = None
         self.finished_order.append(job.job_id)
 
-    def _end_attempt(self, job: _Job, lsn: int, retry_at_ms: int) -> None:
-        """An attempt ended without success (failure, expiry, abandonment): its fate."""
+    def _end_attempt(self, job: _Job, event_type: str, retry_at_ms: int, **fields: object) -> None:
+        """An attempt ended without success (failure, expiry, abandonment, release):
+        decide its fate, record it in the event (``target``, ``retry_at_ms``), apply it."""
         job.lease_expires_at_ms = None
         if job.cancel_requested:
-            self._finish(job, JobStatus.CANCELLED)
+            target, retry = JobStatus.CANCELLED, None
         elif job.attempts_used >= job.max_attempts:
-            self._finish(job, JobStatus.DEAD)
+            target, retry = JobStatus.DEAD, None
         else:
             # Delayed until the retry time, or pending at once if that is now.
-            job.status = JobStatus.DELAYED if retry_at_ms > self._now_ms else JobStatus.PENDING
-            job.ready_at_ms = retry_at_ms
+            target = JobStatus.DELAYED if retry_at_ms > self._now_ms else JobStatus.PENDING
+            retry = retry_at_ms
+        lsn = self._emit(
+            event_type,
+            job_id=job.job_id,
+            attempt=job.attempt,
+            **fields,
+            target=target,
+            retry_at_ms=retry,
+        )
+        if retry is None:
+            self._finish(job, target)
+        else:
+            job.status = target
+            job.ready_at_ms = retry
             job.ready_lsn = lsn
 
     def _fate_would_retry(self, job: _Job) -> bool:
@@ -332,12 +405,11 @@ class Oracle:
             raise _Refusal("jobs_max_reached", "JOBS_MAX jobs in the state", job_id)
         # Step 4.
         ready_at = c.now_ms + c.delay_ms
-        emitted_lsn = self._emit("JobEnqueued", job_id)
-        if emitted_lsn != lsn:
-            raise BrokenInvariant(f"JobEnqueued of {job_id!r} at LSN {emitted_lsn}, not {lsn}")
-        self.jobs[job_id] = _Job(
+        job = _Job(
             job_id=job_id,
             queue=c.queue,
+            handler=c.handler,
+            args_json=c.args_json,
             priority=c.priority,
             max_attempts=c.max_attempts,
             timeout_ms=c.timeout_ms,
@@ -348,6 +420,12 @@ class Oracle:
             ready_at_ms=ready_at,
             ready_lsn=lsn,
         )
+        emitted_lsn = self._emit(
+            "JobEnqueued", spec=job.spec(), ready_at_ms=ready_at, target=job.status
+        )
+        if emitted_lsn != lsn:
+            raise BrokenInvariant(f"JobEnqueued of {job_id!r} at LSN {emitted_lsn}, not {lsn}")
+        self.jobs[job_id] = job
 
     def _lease(self, c: Lease) -> None:
         _check_token("worker_id", c.worker_id, limits.WORKER_ID_BYTES_MAX)
@@ -363,11 +441,17 @@ class Oracle:
         in_flight = sum(1 for job in self.jobs.values() if job.status is JobStatus.IN_FLIGHT)
         if in_flight >= limits.IN_FLIGHT_MAX:
             raise _Refusal("in_flight_max_reached", "IN_FLIGHT_MAX jobs in flight")
-        self._emit("LeaseGranted", best.job_id)
         best.status = JobStatus.IN_FLIGHT
         best.attempt += 1
         best.attempts_used += 1
         best.lease_expires_at_ms = c.now_ms + best.timeout_ms
+        self._emit(
+            "LeaseGranted",
+            job_id=best.job_id,
+            attempt=best.attempt,
+            worker_id=c.worker_id,
+            expires_at_ms=best.lease_expires_at_ms,
+        )
 
     def _live_attempt(self, job_id: str, attempt: int) -> _Job:
         """The job, which must be in flight under exactly this attempt."""
@@ -392,41 +476,38 @@ class Oracle:
         except _Refusal:
             # A result that cannot be stored fails the attempt, exactly as a Fail
             # with the command's seed would (semantics.md, Complete).
-            self._fail_attempt(job, c.jitter_seed)
+            # The error is "the result was refused: <detail>", the detail being the
+            # result_json rule's message, whose wording the page leaves open.
+            self._fail_attempt(job, c.jitter_seed, Prefix("the result was refused: "))
             return
-        self._emit("JobCompleted", job.job_id)
+        self._emit(
+            "JobCompleted", job_id=job.job_id, attempt=job.attempt, result_json=c.result_json
+        )
         # Completed even if a cancellation was requested: the work was done.
         self._finish(job, JobStatus.COMPLETED)
+        job.result_json = c.result_json
 
     def _fail(self, c: Fail) -> None:
         job = self._live_attempt(c.job_id, c.attempt)  # job first, as for Complete
         _check_int("jitter_seed", c.jitter_seed, 0, 2**64 - 1, job.job_id)
-        self._fail_attempt(job, c.jitter_seed)
+        self._fail_attempt(job, c.jitter_seed, _storable_error(c.error))
 
-    def _fail_attempt(self, job: _Job, jitter_seed: int) -> None:
-        retry_at = self._now_ms
+    def _fail_attempt(self, job: _Job, jitter_seed: int, error: str | Prefix) -> None:
+        retry_at = self._now_ms  # unused when there is no retry (dead or cancelled)
         if self._fate_would_retry(job):
             retry_at += _backoff_ms(
                 job.attempts_used, job.backoff_base_ms, job.backoff_cap_ms, jitter_seed
             )
-        lsn = self._emit("JobFailed", job.job_id)
-        self._end_attempt(job, lsn, retry_at)
+        self._end_attempt(job, "JobFailed", retry_at, error=error)
 
     def _release(self, c: Release) -> None:
         # The same fence as a result: only the live attempt may be given back.
         job = self._live_attempt(c.job_id, c.attempt)
-        lsn = self._emit("LeaseReleased", job.job_id)
-        # The attempt is handed back uncounted; the fence (job.attempt) stays, so the
-        # released worker's late result is stale.
+        # The attempt is handed back uncounted, so its fate is never dead; the fence
+        # (job.attempt) stays, so the released worker's late result is stale.  Ready
+        # at once, at the end of its FIFO, as after any return to pending.
         job.attempts_used -= 1
-        job.lease_expires_at_ms = None
-        if job.cancel_requested:
-            self._finish(job, JobStatus.CANCELLED)
-        else:
-            # Ready at once, at the end of its FIFO, as after any return to pending.
-            job.status = JobStatus.PENDING
-            job.ready_at_ms = self._now_ms
-            job.ready_lsn = lsn
+        self._end_attempt(job, "LeaseReleased", self._now_ms)
 
     def _tick(self, c: Tick) -> None:
         # NOT in semantics.md (seen in model/decide.py after this oracle was written;
@@ -448,8 +529,7 @@ class Oracle:
             if not due:
                 break
             job = min(due, key=lambda j: (j.lease_expires_at_ms, j.job_id))
-            lsn = self._emit("LeaseExpired", job.job_id)
-            self._end_attempt(job, lsn, now)  # a retry after expiry is immediate
+            self._end_attempt(job, "LeaseExpired", now)  # a retry after expiry is immediate
         # Phase 2: release delayed jobs due by now, by (ready_at, ready LSN).
         for _ in range(limits.TICK_PROMOTIONS_MAX):
             ripe = [
@@ -460,7 +540,7 @@ class Oracle:
             if not ripe:
                 break
             job = min(ripe, key=lambda j: (j.ready_at_ms, j.ready_lsn))
-            job.ready_lsn = self._emit("DelayElapsed", job.job_id)
+            job.ready_lsn = self._emit("DelayElapsed", job_id=job.job_id)
             job.status = JobStatus.PENDING
         # Phase 3: forget the oldest finished job while it is too many or too old.
         for _ in range(limits.TICK_FORGETS_MAX):
@@ -473,7 +553,7 @@ class Oracle:
             too_old = oldest.finished_at_ms + c.retention_ms <= now
             if not (too_many or too_old):
                 break
-            self._emit("JobForgotten", oldest.job_id)
+            self._emit("JobForgotten", job_id=oldest.job_id)
             # The idempotency key lives in the job record, so it leaves with it.
             del self.jobs[oldest.job_id]
             self.finished_order.pop(0)
@@ -481,11 +561,11 @@ class Oracle:
     def _cancel(self, c: Cancel) -> None:
         job = self._job(c.job_id)
         if job.status in (JobStatus.PENDING, JobStatus.DELAYED):
-            self._emit("JobCancelled", job.job_id)
+            self._emit("JobCancelled", job_id=job.job_id)
             self._finish(job, JobStatus.CANCELLED)
         elif job.status is JobStatus.IN_FLIGHT:
             if not job.cancel_requested:
-                self._emit("CancelRequested", job.job_id)
+                self._emit("CancelRequested", job_id=job.job_id)
                 job.cancel_requested = True
         elif job.status is JobStatus.CANCELLED:
             pass
@@ -496,7 +576,7 @@ class Oracle:
         job = self._job(c.job_id)
         if job.status is not JobStatus.DEAD:
             raise _Refusal("job_not_dead", f"job {c.job_id!r} is {job.status.value}", c.job_id)
-        lsn = self._emit("JobRequeued", job.job_id)
+        lsn = self._emit("JobRequeued", job_id=job.job_id)
         self.finished_order.remove(job.job_id)
         job.status = JobStatus.PENDING
         job.attempts_used = 0
@@ -511,23 +591,22 @@ class Oracle:
             return
         if len(self.paused) >= limits.PAUSED_QUEUES_MAX:
             raise _Refusal("paused_queues_max_reached", "PAUSED_QUEUES_MAX queues paused")
-        self._emit("QueuePaused", c.queue)
+        self._emit("QueuePaused", queue=c.queue)
         self.paused.append(c.queue)
 
     def _resume(self, c: ResumeQueue) -> None:
         _check_queue(c.queue)
         if c.queue not in self.paused:
             return
-        self._emit("QueueResumed", c.queue)
+        self._emit("QueueResumed", queue=c.queue)
         self.paused.remove(c.queue)
 
     def _recover(self) -> None:
-        # Every in-flight lease, by (expires_at, job id); no budget (limits.py asserts
-        # that IN_FLIGHT_MAX leases fit in one decision).
+        # Every in-flight lease, by (expires_at, job id), in one decision.
         while True:
             held = [job for job in self.jobs.values() if job.status is JobStatus.IN_FLIGHT]
             if not held:
                 break
             job = min(held, key=lambda j: (j.lease_expires_at_ms, j.job_id))
-            lsn = self._emit("LeaseAbandoned", job.job_id)
-            self._end_attempt(job, lsn, self._now_ms)  # immediate retry, as for an expiry
+            # An immediate retry, as for an expiry.
+            self._end_attempt(job, "LeaseAbandoned", self._now_ms)

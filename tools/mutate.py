@@ -93,6 +93,13 @@ RECOVERY = "tests/test_recovery.py"
 EXHAUSTIVE = "tests/test_storage_exhaustive.py"
 CRASH = "tests/stateful/test_storage_crash.py"
 CONTROLLER = "tests/test_controller.py"
+# Issue 15's blind spots: the tests written for them.
+ORACLE_LIVES = "tests/stateful/test_blind_spots_oracle.py"
+ORACLE = "tests/stateful/test_model_vs_oracle.py"
+READS = "tests/test_blind_spots_reads.py"
+RESULTS = "tests/test_blind_spots_results.py"
+NO_RUNNER = "tests/test_blind_spots_control.py"
+HANDLERS = "tests/test_handlers.py"
 
 # Tests that fail on main because of open bugs in impl/, found by the crash tests.  A
 # mutation run cannot use them (a failure would prove nothing), so every run deselects
@@ -612,6 +619,142 @@ MUTATIONS: tuple[Mutation, ...] = (
         "This was a real bug, found by the exhaustive crash test and fixed in 34a1314; "
         "the row keeps it fixed.",
     ),
+    # -- issue 15: the blind spots of the suite, one row per kind (14 to 18), and the
+    # live bug found on the way (19).
+    Mutation(
+        "14a",
+        "the retry delay counts every lease (the fence), not the attempts used",
+        "model/decide.py `_failure`",
+        (
+            Edit(
+                "model/decide.py",
+                "        job.attempts_used, job.spec.backoff_base_ms, job.spec.backoff_cap_ms, "
+                "jitter_seed\n",
+                "        job.attempt, job.spec.backoff_base_ms, job.spec.backoff_cap_ms, "
+                "jitter_seed\n",
+            ),
+        ),
+        (ORACLE_LIVES, ORACLE),
+        "After a release or a requeue the fence runs ahead of `attempts_used`, so the "
+        "backoff window doubles too early; and past `ATTEMPTS_MAX` leases (releases and "
+        "requeues included) the backoff's own bound check fails: a job leased more than "
+        "a hundred times can no longer fail.  Only the retry time and the job's ready "
+        "time differ, which the model-vs-oracle comparison did not look at (it compared "
+        "event types and job ids), and no test leased a job a hundred times.",
+    ),
+    Mutation(
+        "14b",
+        "a lease's expiry is counted from the enqueue, not from the lease",
+        "model/decide.py `_decide_lease`",
+        (
+            Edit(
+                "model/decide.py",
+                "            expires_at_ms=command.now_ms + job.spec.timeout_ms,\n",
+                "            expires_at_ms=job.enqueued_at_ms + job.spec.timeout_ms,\n",
+            ),
+        ),
+        (ORACLE, ORACLE_LIVES),
+        "A job that waited in the queue gets a shorter lease, or one already expired.  "
+        "What differs first is a field (`LeaseGranted.expires_at_ms`) and the state's "
+        "lease timer; the types of events change only at a later tick, if one falls in "
+        "between.  Run against the differential tests alone.",
+    ),
+    Mutation(
+        "15",
+        "reads answer from the published state without waiting for it to be durable",
+        "impl/controller.py `Controller._durable_state`",
+        (
+            Edit(
+                "impl/controller.py",
+                "            state, committer = self._state, self._committer\n"
+                "        self._wait_durable(committer, state.last_lsn)\n"
+                "        return state\n",
+                "            state, committer = self._state, self._committer\n"
+                "        return state\n",
+            ),
+        ),
+        (READS, CONTROLLER),
+        "`status`, `show` and `jobs` (on the controller, and through the control socket "
+        "and the API) may report a completion whose event is framed but not fsynced: a "
+        "crash then undoes what the caller was told.  Leases had a durability check "
+        "(the fake pool's), reads had none.",
+    ),
+    Mutation(
+        "16",
+        "a task that never started is counted as a failed attempt",
+        "impl/controller.py `Controller._process_results`",
+        (
+            Edit(
+                "impl/controller.py",
+                "                if not result.started:\n",
+                "                if not result.started and False:\n",
+            ),
+        ),
+        (RESULTS, CONTROLLER),
+        "A task whose lease ran out while it waited in the pool's queue is reported "
+        "unstarted; failing it (instead of releasing it, uncounted) lets a job die of "
+        "attempts that never ran.  The tests' fake pool never reported an unstarted task.",
+    ),
+    Mutation(
+        "17",
+        "the no-runner check decides every line of a batch on the state as loaded",
+        "impl/control.py `_check`",
+        (
+            Edit(
+                "impl/control.py",
+                "        for command in [Recover(now_ms=now), *commands]:\n"
+                "            for event in decide(state, command):\n"
+                "                state = evolve(state, event)\n",
+                "        for event in decide(state, Recover(now_ms=now)):\n"
+                "            state = evolve(state, event)\n"
+                "        for command in commands:\n"
+                "            decide(state, command)\n",
+            ),
+        ),
+        (NO_RUNNER,),
+        "Each line is checked alone, so a batch refused only by an earlier line (two "
+        "lines with the same id) passes the read-only check; the directory is opened "
+        "(LOCK, a WAL segment, the Recover, a snapshot at the close) and the batch then "
+        "refused: a refused command that wrote.",
+    ),
+    Mutation(
+        "18",
+        "a result the JSON encoder cannot take escapes into the worker thread",
+        "impl/handlers.py `_outcome_of_result`",
+        (
+            Edit(
+                "impl/handlers.py",
+                "    except Exception as error:\n"
+                "        # TypeError, ValueError (NaN), RecursionError",
+                "    except (TypeError, ValueError) as error:\n"
+                "        # TypeError, ValueError (NaN), RecursionError",
+            ),
+        ),
+        (RESULTS, HANDLERS),
+        "A result nested too deeply (RecursionError), or a container of the handler's "
+        "whose items or iteration raise, ends the worker thread instead of the attempt: "
+        "no result is reported, the lease hangs until it expires, and the pool has one "
+        "worker fewer.  (Before issue 15 the code caught RecursionError but not the "
+        "second kind: a live bug, fixed with the tests of this row.)",
+    ),
+    Mutation(
+        "19",
+        "the no-runner check does not model the recovery that opening does",
+        "impl/control.py `_check`",
+        (
+            Edit(
+                "impl/control.py",
+                "        for command in [Recover(now_ms=now), *commands]:\n",
+                "        for command in commands:\n",
+            ),
+        ),
+        (NO_RUNNER,),
+        "The live bug of issue 15, as it was: in a directory a runner died in, the check "
+        "sees the dead runner's lease still live, while opening abandons it first (the "
+        "job may become dead).  `cancel` of such a job passes the check, the directory is "
+        "opened and written, and the cancel is then refused with `job_finished`; and a "
+        "`requeue` that opening would accept is refused.",
+    ),
 )
 
 # -- running one mutation --------------------------------------------------------------------
@@ -880,8 +1023,10 @@ Issue 3 asks for proof that the storage tests notice the classic crash-safety mi
 `tools/mutate.py` applies known-bad changes to the source **one at a time**, each in a
 fresh copy of the repository, runs a short list of test files against the copy (the
 most direct first), and records whether the suite failed.  Rows 1 to 7 are the issue's
-list, in its order (a letter marks variants of one mistake); rows 8 on are further
-mistakes that matter.  Every row must read "yes".
+list, in its order (a letter marks variants of one mistake); rows 8 to 13 are further
+mistakes that matter.  Rows 14 to 19 are issue 15's: kinds of plausible bug that a
+mutation run against the whole suite once let through (one row per kind), and the live
+bug found on the way.  Every row must read "yes".
 
 This file is written by the script (`--write`): edit the script, not the file.
 
@@ -981,6 +1126,62 @@ EPILOGUE = [
     "segment when it returns (mutations 8 and 9; written while the exhaustive test, "
     "which covers this too, failed on main for an open bug since fixed).",
     "- `tests/test_mutate_script.py`: the patches still apply.",
+    "- For issue 15 (rows 14 to 19): `tests/stateful/test_blind_spots_oracle.py` (one "
+    "job's long life, past `ATTEMPTS_MAX` leases, through model and oracle, and a check "
+    "that the state summary holds every job field the rules read), the field-by-field "
+    "comparison in `tests/stateful/test_model_vs_oracle.py`, "
+    "`tests/test_blind_spots_reads.py` (reads report only what is durable), "
+    "`tests/test_blind_spots_results.py` (unstarted tasks; results hostile to the "
+    "encoder) and `tests/test_blind_spots_control.py` (a refused command changes no "
+    "byte: a batch refused by its own line, a directory a runner died in).",
+    "",
+    "## What the suite is known to catch, and what makes it so",
+    "",
+    "A test catches a bug only where it compares something the bug changes.  These are "
+    "the comparisons the table rests on; a new rule, event field or read needs its place "
+    "in them, or its bugs go unseen (as the five kinds of issue 15 did):",
+    "",
+    "- **Decisions: every field of every event.**  `tests/stateful/test_model_vs_oracle.py` "
+    "runs the model and `spec/oracle.py` (an independent restatement of "
+    "docs/semantics.md) side by side and compares each event as `attrs.asdict` gives it: "
+    "a field added to an event is compared from then on, and the test fails, naming the "
+    "field, until the oracle computes it too.  A field whose wording the page leaves "
+    "open (a refused result's detail) is a `Prefix` in the oracle.  Before issue 15 only "
+    "(event type, job id) was compared, so a wrong retry time, lease expiry or error was "
+    "invisible until it changed a later event's type (rows 14a, 14b).",
+    "- **State: everything the rules read.**  After every command the oracle's "
+    "`observe()` must equal the model's summary: per job the spec, status, fence, "
+    "attempts used, cancellation flag, and the ready LSN, ready time, lease expiry and "
+    "finish time where the page gives them a meaning; the order jobs finished in; the "
+    "paused queues; the last LSN.  "
+    "`test_the_summary_holds_every_job_field_the_rules_read` scans the rule files "
+    "(`model/decide.py`, `recovery.py`, `state.py`) for the job fields they read and "
+    "fails if one is missing from the summary.  A new rule that reads a new field: add "
+    "it to `SUMMARY_JOB_FIELDS`, to `job_summary` and to the oracle.",
+    "- **Long lives.**  The state machine's alphabets are small, so that collisions "
+    "happen; a job's counters stay small there too.  `test_blind_spots_oracle.py` drives "
+    "one job through up to 250 leases (past `ATTEMPTS_MAX`) of every kind of ending.  A "
+    "new counter or bound needs a life long enough to cross it.",
+    "- **Durability: of effects, of answers, and of reads.**  A worker gets a job only "
+    "once its lease is durable (the fake pool's check, rows 2d, 3a); a producer is "
+    "answered only once its events are durable; and every read (`status`, `show`, "
+    "`jobs`, on the controller, through the socket's handler and a real socket) must "
+    "equal the same read of the durable log alone, replayed "
+    "(`tests/test_blind_spots_reads.py`, row 15).  A new read or answer must wait for "
+    "the LSN of the state it reads, and be added there.",
+    "- **Crash states.**  The storage tests check what every crash the fault model "
+    "allows leaves behind (rows 1 to 13).",
+    "- **What the pool can report.**  The controller's tests feed it every kind of "
+    "result the pool can send: success, failure, a result the model refuses, and a task "
+    "never started (row 16); the handler layer turns any value a handler returns, "
+    "however hostile to the encoder, into an outcome (row 18).  A new kind of result "
+    "needs a fake that sends it.",
+    "- **A refused command changes no byte.**  Without a runner, the read-only check "
+    "must refuse exactly what opening the directory would: it folds each line of a "
+    "batch into the state before the next (row 17) and decides the `Recover` that "
+    "opening decides first (row 19).  `tests/test_blind_spots_control.py` compares its "
+    "verdict with that of a controller opened on a copy, and a refusal with the bytes "
+    "before.  A new command, or a new step of opening, must be decided by the check too.",
     "",
     "## Mutations that are not harmful (left out)",
     "",

@@ -4,10 +4,15 @@
 with plain dicts and linear scans.  A Hypothesis state machine drives both with the same
 commands and demands, after every command:
 
-- both refuse with the same rule, or both accept with the same (event type, job id or
-  queue) list;
+- both refuse with the same rule, or both accept with the same events, compared field
+  by field: every field of every model event (``attrs.asdict``, so a field added to an
+  event is compared from then on, and fails loudly until the oracle computes it too),
+  with the LSN, the time, the lease expiry, the retry time, the error;
 - a refusal leaves the model's state unchanged;
-- the oracle's ``observe()`` equals the same summary computed from the model's state;
+- the oracle's ``observe()`` equals the same summary computed from the model's state:
+  every job field the rules read (``SUMMARY_JOB_FIELDS``; a test below checks that the
+  rules read no other), with the ready LSN, ready time, lease expiry and finish time
+  where the page gives them a meaning, and the order jobs finished in;
 - the model's state satisfies ``beaverq.spec.invariants.check_all``.
 
 The alphabets are tiny on purpose (three job ids, two idempotency keys, three queues,
@@ -24,23 +29,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
 import hypothesis
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from beaverq.model import (
+    FINISHED,
     Cancel,
     Command,
     Complete,
     Enqueue,
     Event,
     Fail,
+    Job,
     JobStatus,
     Lease,
     PauseQueue,
-    QueuePaused,
-    QueueResumed,
     Recover,
     Rejected,
     Release,
@@ -53,36 +59,91 @@ from beaverq.model import (
     initial_state,
     limits,
 )
+from beaverq.model.fifo import fifo_iter
 from beaverq.spec.invariants import check_all
-from beaverq.spec.oracle import Oracle
+from beaverq.spec.oracle import Oracle, Prefix
 
 # -- running one command on both sides ------------------------------------------------
 
-Outcome = tuple[str, Any]  # ("rejected", rule) or ("accepted", [(event type, key), ...])
+Outcome = tuple[str, Any]  # ("rejected", rule) or ("accepted", [event record, ...])
 
 
-def event_summary(event: Event) -> tuple[str, str | None]:
-    key = event.queue if isinstance(event, QueuePaused | QueueResumed) else event.job_id
-    return (type(event).__name__, key)
+def event_record(event: Event) -> dict[str, object]:
+    """Every field of ``event`` (the spec of a ``JobEnqueued`` as a dict), and its type."""
+    return {"type": type(event).__name__, **attrs.asdict(event)}
+
+
+#: The job fields the summary compares: every one the rules read (``decide``, recovery
+#: and the state's own queries; ``test_the_summary_holds_every_job_field_the_rules_read``
+#: checks it), plus ``result_json``, which ``show`` reports.  Two states with the same
+#: summary therefore get the same decision for every command.
+SUMMARY_JOB_FIELDS = frozenset(
+    {
+        "spec",
+        "status",
+        "attempt",
+        "attempts_used",
+        "cancel_requested",
+        "ready_lsn",
+        "ready_at_ms",
+        "lease_expires_at_ms",
+        "finished_at_ms",
+        "result_json",
+    }
+)
+_WAITING = (JobStatus.PENDING, JobStatus.DELAYED)
+
+
+def job_summary(job: Job) -> dict[str, object]:
+    # Each time only where the page gives it a meaning (elsewhere the model keeps a
+    # stale value that nothing reads).
+    status = job.status
+    return {
+        "spec": attrs.asdict(job.spec),
+        "status": status.value,
+        "attempt": job.attempt,
+        "attempts_used": job.attempts_used,
+        "cancel_requested": job.cancel_requested,
+        "ready_lsn": job.ready_lsn if status in _WAITING else None,
+        "ready_at_ms": job.ready_at_ms if status is JobStatus.DELAYED else None,
+        "lease_expires_at_ms": job.lease_expires_at_ms if status is JobStatus.IN_FLIGHT else None,
+        "finished_at_ms": job.finished_at_ms if status in FINISHED else None,
+        "result_json": job.result_json if status is JobStatus.COMPLETED else None,
+    }
 
 
 def model_summary(state: State) -> dict[str, object]:
     """The model's state in the shape of ``Oracle.observe()``."""
     return {
-        "jobs": {
-            job_id: {
-                "status": job.status.value,
-                "attempt": job.attempt,
-                "attempts_used": job.attempts_used,
-                "cancel_requested": job.cancel_requested,
-                "queue": job.spec.queue,
-                "priority": job.spec.priority,
-            }
-            for job_id, job in state.jobs.items()
-        },
+        "jobs": {job_id: job_summary(job) for job_id, job in state.jobs.items()},
+        "finished_order": [job_id for _slot, job_id in fifo_iter(state.finished)],
         "paused_queues": frozenset(state.paused),
         "last_lsn": state.last_lsn,
     }
+
+
+def events_disagree(model: list[dict[str, Any]], oracle: list[dict[str, Any]]) -> str | None:
+    """Why two event lists differ (None: they agree), field by field.  Every field of
+    the model's event must be one the oracle computed, and the oracle computes no field
+    the model's event lacks; an oracle ``Prefix`` matches a text that starts with it."""
+    if [e["type"] for e in model] != [e["type"] for e in oracle]:
+        return "not the same event types"
+    for index, (mine, theirs) in enumerate(zip(model, oracle, strict=True)):
+        where = f"event {index} ({mine['type']})"
+        if set(mine) != set(theirs):
+            return (
+                f"{where}: the model's fields {sorted(set(mine) - set(theirs))} are not "
+                f"computed by the oracle (spec/oracle.py must restate them), and the "
+                f"oracle's {sorted(set(theirs) - set(mine))} are not in the model's event"
+            )
+        for name, value in mine.items():
+            expected = theirs[name]
+            if isinstance(expected, Prefix):
+                if not (isinstance(value, str) and value.startswith(expected.text)):
+                    return f"{where}.{name}: {value!r} does not start with {expected.text!r}"
+            elif value != expected:
+                return f"{where}.{name}: model {value!r}, oracle {expected!r}"
+    return None
 
 
 def run_model(state: State, command: Command) -> tuple[State, Outcome]:
@@ -96,7 +157,7 @@ def run_model(state: State, command: Command) -> tuple[State, Outcome]:
     new_state = state
     for event in events:
         new_state = evolve(new_state, event)
-    return new_state, ("accepted", [event_summary(e) for e in events])
+    return new_state, ("accepted", [event_record(e) for e in events])
 
 
 def run_oracle(oracle: Oracle, command: Command) -> Outcome:
@@ -116,14 +177,18 @@ def step(state: State, oracle: Oracle, command: Command) -> State:
     before = state
     new_state, model_outcome = run_model(state, command)
     oracle_outcome = run_oracle(oracle, command)
-    assert model_outcome == oracle_outcome, (command, model_outcome, oracle_outcome)
+    if model_outcome[0] == oracle_outcome[0] == "accepted":
+        why = events_disagree(model_outcome[1], oracle_outcome[1])
+        assert why is None, (why, command, model_outcome, oracle_outcome)
+    else:
+        assert model_outcome == oracle_outcome, (command, model_outcome, oracle_outcome)
     # Coverage, shown by --hypothesis-show-statistics: which rules and events were hit.
     if not currently_in_test_context():
         pass  # a plain replay (the regression tests): nothing to record
     elif model_outcome[0] == "rejected":
         hypothesis.event(f"rejected: {model_outcome[1]}")
     else:
-        for event_type in sorted({name for name, _ in model_outcome[1]}):
+        for event_type in sorted({str(record["type"]) for record in model_outcome[1]}):
             hypothesis.event(f"event: {event_type}")
     if model_outcome[0] == "rejected":
         # decide is pure: a refusal leaves the very same (frozen) state behind.
