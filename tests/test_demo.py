@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from beaverq.impl.demo import cli_has_run, job_mix, run_demo
+from beaverq.teaching.demo import cli_has_run, job_mix, run_demo
 
 ACCOUNTING = (
     "accounting: enqueued and acknowledged 200; in the log 200; lost 0",

@@ -53,8 +53,8 @@ from sim.workload import (
     without_lock,
 )
 
-from beaverq.impl.fs import StorageError
-from beaverq.impl.storage import Storage, StorageOptions
+from beaverq.impl.storage.fs import StorageError
+from beaverq.impl.storage.storage import Storage, StorageOptions
 from beaverq.model import Complete, Enqueue, Lease
 
 OPERATIONS = ("enqueue", "lease", "complete", "flush", "snapshot")

@@ -48,15 +48,15 @@ from typing import IO, Any
 
 import attrs
 
-from .handlers import HandlerContext, JobFailure, handler
+from beaverq.impl.runtime.handlers import HandlerContext, JobFailure, handler
 
-DEMO_MODULE = "beaverq.impl.demo"
+DEMO_MODULE = "beaverq.teaching.demo"
 FLAKY = "demo.flaky"
 POLL_S = 0.1  # how often the demo scrapes the runner and links new WAL segments
 BACKOFF = {"backoff_base_ms": 50, "backoff_cap_ms": 400}
 
 
-# -- The demo's own handler (the runner registers it with --import beaverq.impl.demo). -----
+# -- The demo's own handler (the runner registers it with --import beaverq.teaching.demo). -----
 
 
 @handler(FLAKY)
@@ -168,7 +168,7 @@ class WalArchive:
         os.makedirs(archive_dir, exist_ok=True)
 
     def sync(self) -> None:
-        from .segments import parse_segment_name
+        from beaverq.impl.storage.segments import parse_segment_name
 
         try:
             names = os.listdir(self.data_dir)
@@ -278,11 +278,11 @@ def runner_main(argv: Sequence[str]) -> int:
     """A runner built from the Python API (used while ``beaverq run`` is missing):
     ``DATA_DIR WORKERS METRICS_PORT``.  Runs until SIGTERM or SIGINT, then stops
     gracefully (exit 0)."""
-    from .controller import Controller
-    from .gc_policy import tune_for_long_lived_state
-    from .handlers import HandlerRegistry
-    from .metrics import Metrics, serve_metrics
-    from .workers import ThreadPool
+    from beaverq.impl.frontends.metrics import Metrics, serve_metrics
+    from beaverq.impl.runtime.controller import Controller
+    from beaverq.impl.runtime.gc_policy import tune_for_long_lived_state
+    from beaverq.impl.runtime.handlers import HandlerRegistry
+    from beaverq.impl.runtime.workers import ThreadPool
 
     data_dir, workers, port = argv[0], int(argv[1]), int(argv[2])
     stop = threading.Event()
@@ -291,7 +291,7 @@ def runner_main(argv: Sequence[str]) -> int:
     registry = HandlerRegistry()
     registry.import_module(DEMO_MODULE)
     controller = Controller.open(data_dir, ThreadPool(registry, workers))
-    tune_for_long_lived_state()  # as `beaverq run` does (impl/gc_policy.py)
+    tune_for_long_lived_state()  # as `beaverq run` does (impl/runtime/gc_policy.py)
     metrics = Metrics(controller)
     server = serve_metrics(metrics, port)
     try:
@@ -313,7 +313,7 @@ class Runner:
         self.port = _free_port()
         if use_cli:
             argv = [
-                sys.executable, "-m", "beaverq.impl.cli", "--data-dir", data_dir, "run",
+                sys.executable, "-m", "beaverq.impl.frontends.cli", "--data-dir", data_dir, "run",
                 "--workers", str(workers), "--metrics-port", str(self.port),
                 "--import", DEMO_MODULE,
             ]  # fmt: skip
@@ -510,9 +510,9 @@ def run_demo(argv: Sequence[str] | None = None) -> int:
 
 
 def _tell(story: Story, args: argparse.Namespace) -> bool:
-    from .controller import Controller, ControllerOptions
-    from .handlers import HandlerRegistry
-    from .workers import ThreadPool
+    from beaverq.impl.runtime.controller import Controller, ControllerOptions
+    from beaverq.impl.runtime.handlers import HandlerRegistry
+    from beaverq.impl.runtime.workers import ThreadPool
 
     out = story.out
     runner_name = "beaverq run" if story.use_cli else "a Python-API runner (no 'beaverq run' yet)"
@@ -614,6 +614,10 @@ class Account:
 
 
 def _account(story: Story) -> Account:
+    from beaverq.impl.storage.codec import decode_event
+    from beaverq.impl.storage.fs import RealFileSystem
+    from beaverq.impl.storage.storage import Storage
+    from beaverq.impl.storage.wal_reader import read_wal
     from beaverq.model import (
         JobCompleted,
         JobEnqueued,
@@ -623,11 +627,6 @@ def _account(story: Story) -> Account:
         initial_state,
     )
     from beaverq.spec.history import check_history
-
-    from .codec import decode_event
-    from .fs import RealFileSystem
-    from .storage import Storage
-    from .wal_reader import read_wal
 
     account = Account()
     lines = account.lines
@@ -733,7 +732,7 @@ def _account(story: Story) -> Account:
     return account
 
 
-def main() -> int:  # ``python -m beaverq.impl.demo``
+def main() -> int:  # ``python -m beaverq.teaching.demo``
     return run_demo(sys.argv[1:])
 
 

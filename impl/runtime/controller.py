@@ -20,7 +20,7 @@ answer (``status``, ``show``, a rejection) waits for the LSN of the state it rea
 
 **R3, bounded everywhere.**  The controller leases only into free *slots*, one per
 task the pool can hold (running or waiting), and only as many as the dispatch window
-allows (impl/dispatch_window.py: a few fsyncs ahead of the workers, never more than
+allows (impl/runtime/dispatch_window.py: a few fsyncs ahead of the workers, never more than
 they will start soon), so the pool's queue never fills and the result queue, one
 place per slot, can hold every outstanding result: neither put blocks.
 
@@ -55,6 +55,15 @@ from typing import Any, Protocol
 
 import attrs
 
+from beaverq.impl.storage.fs import FileSystem, RealFileSystem, StorageError
+from beaverq.impl.storage.group_commit import GroupCommit
+from beaverq.impl.storage.storage import (
+    SNAPSHOT_EVERY_EVENTS_DEFAULT,
+    RecoveryReport,
+    Storage,
+    StorageOptions,
+)
+from beaverq.impl.storage.wal import WalFailed
 from beaverq.model import (
     Cancel,
     Command,
@@ -89,10 +98,6 @@ from beaverq.model import (
 
 from .clock import Clock, SystemClock
 from .dispatch_window import HORIZON_S_DEFAULT, WITHDRAW_AFTER, DispatchWindow
-from .fs import FileSystem, RealFileSystem, StorageError
-from .group_commit import GroupCommit
-from .storage import SNAPSHOT_EVERY_EVENTS_DEFAULT, RecoveryReport, Storage, StorageOptions
-from .wal import WalFailed
 from .workers import PoolClosed, PoolFull, Task, TaskResult, WorkerPool
 
 # Result rules that mean "this result is no longer wanted": the attempt fence.
@@ -252,7 +257,7 @@ class ControllerOptions:
     retention_ms: int = limits.RETENTION_MS_DEFAULT
     finished_jobs_retained_max: int = limits.FINISHED_JOBS_RETAINED_MAX_DEFAULT
     result_batch_max: int = 1_000  # results decided under one lock hold
-    # How soon a task leased ahead of the workers should start (impl/dispatch_window.py).
+    # How soon a task leased ahead of the workers should start (impl/runtime/dispatch_window.py).
     dispatch_horizon_s: float = HORIZON_S_DEFAULT
     final_snapshot: bool = True  # on stop()
     jitter_seed: int | None = None  # seeds the retry-jitter draws (None: from the OS)

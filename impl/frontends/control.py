@@ -29,6 +29,21 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from beaverq.impl.runtime.clock import SystemClock
+from beaverq.impl.runtime.controller import (
+    Controller,
+    ControllerFailed,
+    ControllerStopped,
+    JobRequest,
+    job_detail,
+    jobs_of,
+    status_of,
+)
+from beaverq.impl.runtime.handlers import HandlerRegistry
+from beaverq.impl.runtime.workers import ThreadPool
+from beaverq.impl.storage.fs import DataDirLocked, RealFileSystem, StorageError
+from beaverq.impl.storage.storage import LOCK_NAME, Storage
+from beaverq.impl.storage.verify import verify_data_dir
 from beaverq.model import (
     Cancel,
     PauseQueue,
@@ -40,22 +55,6 @@ from beaverq.model import (
     evolve,
     initial_state,
 )
-
-from .clock import SystemClock
-from .controller import (
-    Controller,
-    ControllerFailed,
-    ControllerStopped,
-    JobRequest,
-    job_detail,
-    jobs_of,
-    status_of,
-)
-from .fs import DataDirLocked, RealFileSystem, StorageError
-from .handlers import HandlerRegistry
-from .storage import LOCK_NAME, Storage
-from .verify import verify_data_dir
-from .workers import ThreadPool
 
 SOCKET_NAME = "control.sock"
 LINE_BYTES_MAX = 256 * 1024 * 1024  # a batch of a few hundred thousand jobs fits

@@ -17,7 +17,7 @@ non-blocking puts with a clear policy when full"):
 * at most ``workers`` handlers run at once (one per thread);
 * at most ``workers + queue_max`` tasks are held (running or waiting to start;
   ``queue_max`` defaults to ``QUEUE_MAX_DEFAULT``, room for the controller's
-  dispatch window, impl/dispatch_window.py);
+  dispatch window, impl/runtime/dispatch_window.py);
   ``submit`` never blocks: a full pool raises :class:`PoolFull`, and the caller
   keeps the task (the controller never gets there: it holds one slot per task the
   pool can hold, and frees a slot only when that task's result arrives).
@@ -408,7 +408,7 @@ class ProcessPool(_PoolBase):
     killed if they have not answered within ``kill_margin_s``; every process is
     stopped and reaped before ``shutdown`` returns.
 
-    A worker process is ``python -m beaverq.impl.workers`` (not ``multiprocessing``,
+    A worker process is ``python -m beaverq.impl.runtime.workers`` (not ``multiprocessing``,
     which would re-import the caller's main module in every child), started in its own
     session, and speaks JSON lines on its stdin/stdout (the handler's own stdout goes
     to stderr).  It rebuilds the registry from ``allow_shell`` and the imported
@@ -443,7 +443,7 @@ class ProcessPool(_PoolBase):
         return [child.process.pid for child in self._children if child is not None]
 
     def _argv(self) -> list[str]:
-        argv = [sys.executable, "-m", "beaverq.impl.workers"]
+        argv = [sys.executable, "-m", "beaverq.impl.runtime.workers"]
         if self._registry.allow_shell:
             argv.append("--allow-shell")
         for module in self._registry.imported:

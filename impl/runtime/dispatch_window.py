@@ -4,7 +4,7 @@ Flow control, not a lifecycle decision: the model decides *whether* a job may be
 leased; this decides only how far ahead of the workers the controller leases.
 
 Why lease ahead at all: a worker may start a job only once its ``LeaseGranted`` is
-durable (R2 in impl/controller.py), and a durable append costs one fsync, a few
+durable (R2 in impl/runtime/controller.py), and a durable append costs one fsync, a few
 milliseconds here.  Leasing only for idle workers hands out ``workers`` jobs per fsync,
 so short jobs run at ``workers / fsync latency`` whatever the CPU could do (measured:
 4 workers, no-op jobs, about 2,100 jobs/s).  Leasing a few fsyncs ahead fills a whole

@@ -29,8 +29,8 @@ from collections.abc import Callable
 from importlib import metadata
 from typing import Any, NoReturn
 
-from .dispatch_window import HORIZON_S_DEFAULT
-from .simulate import (
+from beaverq.impl.runtime.dispatch_window import HORIZON_S_DEFAULT
+from beaverq.teaching.simulate import (
     SIMULATION_JOBS_MAX,
     SIMULATION_WORKERS_MAX,
     SimulationFailed,
@@ -143,8 +143,8 @@ def _add_verify(subparsers: argparse._SubParsersAction[_Parser]) -> _Parser:
 
 
 def _run_verify(args: argparse.Namespace) -> int:
-    from .fs import RealFileSystem
-    from .verify import format_report, verify_data_dir
+    from beaverq.impl.storage.fs import RealFileSystem
+    from beaverq.impl.storage.verify import format_report, verify_data_dir
 
     report = verify_data_dir(RealFileSystem(), _data_dir(args))
     print(format_report(report))
@@ -170,8 +170,8 @@ def _add_wal(subparsers: argparse._SubParsersAction[_Parser]) -> _Parser:
 
 
 def _run_wal(args: argparse.Namespace) -> int:
-    from .fs import RealFileSystem
-    from .wal_dump import dump_wal
+    from beaverq.impl.storage.fs import RealFileSystem
+    from beaverq.impl.storage.wal_dump import dump_wal
 
     directory = _data_dir(args)
     if not os.path.isdir(directory):
@@ -522,8 +522,9 @@ def _add_run(subparsers: Subparsers[_Parser]) -> _Parser:
 
 
 def _run_run(args: argparse.Namespace) -> int:
+    from beaverq.impl.runtime.handlers import HandlerRegistry
+
     from .api import RunFailed, Runner
-    from .handlers import HandlerRegistry
 
     try:
         registry = HandlerRegistry(allow_shell=args.allow_shell)
@@ -605,7 +606,7 @@ def _set_when_idle(runner: Any, stop: threading.Event) -> None:
 
 def _stop_runner(runner: Any, signals: _Signals, grace_s: float) -> int:
     """Stop on a helper thread, so that a second signal can end the grace meanwhile."""
-    from .controller import ControllerFailed
+    from beaverq.impl.runtime.controller import ControllerFailed
 
     outcome: dict[str, Any] = {}
 
@@ -637,7 +638,7 @@ def _stop_runner(runner: Any, signals: _Signals, grace_s: float) -> int:
 
 
 def _start_metrics(args: argparse.Namespace, runner: Any) -> Callable[[], None] | None:
-    """``--metrics-port``: Prometheus text on 127.0.0.1:PORT/metrics (impl/metrics.py)."""
+    """``--metrics-port``: Prometheus text on 127.0.0.1:PORT/metrics (impl/frontends/metrics.py)."""
     if args.metrics_port is None:
         return None
     from .metrics import serve_metrics
@@ -654,7 +655,7 @@ def _start_metrics(args: argparse.Namespace, runner: Any) -> Callable[[], None] 
 
 def _add_demo(subparsers: Subparsers[_Parser]) -> _Parser:
     # No --help of its own: every option after 'demo', --help included, goes to the
-    # demo's own parser (impl/demo.py), which documents them.
+    # demo's own parser (teaching/demo.py), which documents them.
     return subparsers.add_parser(
         "demo",
         add_help=False,
@@ -663,7 +664,7 @@ def _add_demo(subparsers: Subparsers[_Parser]) -> _Parser:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from beaverq.teaching.demo import run_demo
 
     argv = list(args.passed_on)
     if getattr(args, "data_dir", None):
