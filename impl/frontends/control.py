@@ -35,11 +35,9 @@ from beaverq.impl.runtime.controller import (
     ControllerFailed,
     ControllerStopped,
     JobRequest,
-    job_detail,
-    jobs_of,
-    status_of,
 )
 from beaverq.impl.runtime.handlers import HandlerRegistry
+from beaverq.impl.runtime.read_models import job_detail, jobs_of, status_of
 from beaverq.impl.runtime.workers import ThreadPool
 from beaverq.impl.storage.fs import DataDirLocked, RealFileSystem, StorageError
 from beaverq.impl.storage.storage import LOCK_NAME, Storage

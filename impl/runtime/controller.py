@@ -33,30 +33,27 @@ durable log), and opens a fresh group commit.
 constructor, before any lease: every lease a previous process left live is
 abandoned, and counted, before new ones are granted.
 
-Two ways to drive it, sharing all of the above:
-
-* ``step()``: one round of the four loops (results, timeout, dispatch, snapshot)
-  on the calling thread.  With a ``FakeClock``, a fake pool and
-  :class:`InlineCommit`, a run is deterministic (tests/test_controller.py).
-* ``start()``/``stop(grace_s)``: four threads, one per loop.
+Two ways to drive it, sharing all of the above: ``step()``, one round of the four
+loops on the calling thread (deterministic with a ``FakeClock``, a fake pool and
+:class:`InlineCommit`), or ``start()``/``stop(grace_s)``, four threads, one per loop.
+The loops are in loops.py, the stopping in shutdown.py, what a read answers in
+read_models.py: this file is the command path, and reads top to bottom as R1-R5.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import queue
 import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import attrs
 
-from beaverq.impl.storage.fs import FileSystem, RealFileSystem, StorageError
-from beaverq.impl.storage.group_commit import GroupCommit
+from beaverq.impl.storage.fs import FileSystem, RealFileSystem
 from beaverq.impl.storage.storage import (
     SNAPSHOT_EVERY_EVENTS_DEFAULT,
     RecoveryReport,
@@ -67,28 +64,17 @@ from beaverq.impl.storage.wal import WalFailed
 from beaverq.model import (
     Cancel,
     Command,
-    Complete,
     Enqueue,
     Event,
-    Fail,
-    Job,
-    JobCancelled,
-    JobCompleted,
-    JobFailed,
     JobStatus,
     Lease,
-    LeaseAbandoned,
-    LeaseExpired,
     LeaseGranted,
-    LeaseReleased,
     PauseQueue,
     Recover,
     Rejected,
-    Release,
     Requeue,
     ResumeQueue,
     State,
-    Tick,
     decide,
     enqueued_job_id,
     evolve,
@@ -96,153 +82,27 @@ from beaverq.model import (
     next_ready_job,
 )
 
+from . import loops, shutdown
 from .clock import Clock, SystemClock
-from .dispatch_window import HORIZON_S_DEFAULT, WITHDRAW_AFTER, DispatchWindow
+from .committers import Committer, CommitterFactory, InlineCommit, group_commit_factory
+from .dispatch_window import HORIZON_S_DEFAULT, DispatchWindow
+from .errors import ControllerFailed, ControllerStopped
+from .job_request import JobRequest
+from .observers import ControllerObserver, Observers
+from .read_models import RecoveryFigures, Stats, is_idle, job_detail, jobs_of, status_of
 from .workers import PoolClosed, PoolFull, Task, TaskResult, WorkerPool
 
-# Result rules that mean "this result is no longer wanted": the attempt fence.
-_STALE_RULES = frozenset({"stale_attempt", "job_not_found"})
-_RETRY_STATUSES = (JobStatus.PENDING, JobStatus.DELAYED)
-
-_STOP = object()  # the result loop's sentinel
-
-
-class ControllerObserver(Protocol):
-    """What happens, told as it happens (the metrics are one observer).
-
-    Both calls come from the controller's threads, and a durable batch may be told
-    while a snapshot holds the controller's lock: an observer must not block, call
-    the controller or take its lock.  An observer that raises is dropped (and counted
-    in ``stats.observer_errors``): the queue does not stop for its onlookers."""
-
-    def result_received(self, result: TaskResult) -> None:
-        """A worker reported how an attempt ended (before the fence judges it)."""
-
-    def batch_durable(self, events: int, seconds: float) -> None:
-        """One group-commit batch is durable: its size, and its write + fsync time."""
-
-
-class ControllerStopped(Exception):
-    """The controller is stopping or stopped: it takes no more commands."""
-
-
-class ControllerFailed(Exception):
-    """A loop failed (e.g. the WAL failed); the runner must stop and recover from disk."""
-
-
-# -- Committers: how appended events become durable. -------------------------------------
-
-
-BatchCallback = Callable[[int, float], None]
-
-
-class Committer(Protocol):
-    #: Told of each durable batch: (events in it, seconds to write and fsync it).  The
-    #: controller sets it, to tell its observers; it must not take the controller's
-    #: lock (a snapshot holds that lock while it waits for the batch in progress).
-    on_batch: BatchCallback | None
-
-    def append(self, events: Iterable[Event]) -> int: ...
-
-    def wait_durable(self, lsn: int, timeout_s: float | None = None) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class InlineCommit:
-    """Flush on the waiting thread, no flusher thread: for deterministic runs and tests.
-
-    Each ``wait_durable`` that finds its LSN not yet durable flushes everything
-    framed so far (one fsync), holding its own lock so that framing and flushing
-    never overlap (wal.py, "Threads")."""
-
-    def __init__(self, storage: Storage) -> None:
-        self._storage = storage
-        self._lock = threading.Lock()
-        self.on_batch: BatchCallback | None = None
-
-    def append(self, events: Iterable[Event]) -> int:
-        with self._lock:
-            self._storage.append(events)
-            return self._storage.appended_lsn
-
-    def wait_durable(self, lsn: int, timeout_s: float | None = None) -> None:
-        with self._lock:
-            if self._storage.durable_lsn < lsn:
-                self._flush()
-
-    def close(self) -> None:
-        with self._lock:
-            self._flush()
-
-    def _flush(self) -> None:
-        durable_before = self._storage.durable_lsn
-        started = time.perf_counter()
-        self._storage.flush()
-        events = self._storage.durable_lsn - durable_before
-        if events and self.on_batch is not None:
-            self.on_batch(events, time.perf_counter() - started)
-
-
-CommitterFactory = Callable[[Storage], Committer]
-
-
-def group_commit_factory(events_max: int = 1_000, delay_s: float = 0.002) -> CommitterFactory:
-    def make(storage: Storage) -> Committer:
-        return GroupCommit(storage, events_max=events_max, delay_s=delay_s)
-
-    return make
-
-
-# -- Requests, options, figures. ---------------------------------------------------------
-
-
-@attrs.frozen(kw_only=True)
-class JobRequest:
-    """An ``Enqueue`` without its time: what a producer asks for."""
-
-    handler: str
-    args_json: str = "null"
-    job_id: str | None = None
-    queue: str = "default"
-    priority: int = limits.PRIORITY_DEFAULT
-    max_attempts: int = limits.ATTEMPTS_DEFAULT
-    timeout_ms: int = limits.TIMEOUT_MS_DEFAULT
-    delay_ms: int = 0
-    backoff_base_ms: int = limits.BACKOFF_BASE_MS_DEFAULT
-    backoff_cap_ms: int = limits.BACKOFF_CAP_MS_DEFAULT
-    idempotency_key: str | None = None
-
-    @classmethod
-    def of(cls, handler: str, args: Any = None, **fields: Any) -> JobRequest:
-        """A request from Python values: ``args`` is serialised to JSON here."""
-        if "args_json" not in fields:
-            fields["args_json"] = _json_text(args)
-        elif args is not None:
-            raise ValueError("give args or args_json, not both")
-        return cls(handler=handler, **fields)
-
-    @classmethod
-    def from_mapping(cls, fields: Mapping[str, Any]) -> JobRequest:
-        fields = dict(fields)
-        unknown = set(fields) - set(attrs.fields_dict(cls)) - {"args"}
-        if unknown:
-            raise ValueError(f"unknown job fields: {', '.join(sorted(unknown))}")
-        if "handler" not in fields:
-            raise ValueError("a job needs a handler")
-        handler = fields.pop("handler")
-        args = fields.pop("args", None)
-        return cls.of(handler, args, **fields)
-
-    def command(self, now_ms: int) -> Enqueue:
-        return Enqueue(now_ms=now_ms, **attrs.asdict(self))
-
-
-def _json_text(value: Any) -> str:
-    try:
-        return json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"args are not JSON-able: {error}") from None
+# Importers name these here, beside the controller they go with.
+__all__ = [
+    "Controller",
+    "ControllerFailed",
+    "ControllerObserver",
+    "ControllerOptions",
+    "ControllerStopped",
+    "InlineCommit",
+    "JobRequest",
+    "group_commit_factory",
+]
 
 
 @attrs.frozen(kw_only=True)
@@ -263,49 +123,9 @@ class ControllerOptions:
     jitter_seed: int | None = None  # seeds the retry-jitter draws (None: from the OS)
 
 
-@attrs.define
-class Stats:
-    """Counters since this controller started (the metrics read these)."""
-
-    dispatched: int = 0  # LeaseGranted
-    completed: int = 0  # JobCompleted
-    retried: int = 0  # attempts that ended in a retry (failed, expired, abandoned)
-    dead: int = 0  # jobs that reached DEAD
-    cancelled: int = 0  # jobs that reached CANCELLED
-    expired: int = 0  # LeaseExpired
-    released: int = 0  # LeaseReleased: given back unstarted or at a stop, not counted
-    withdrawn: int = 0  # tasks taken back from the pool's queue before they started
-    observer_errors: int = 0  # observers dropped because they raised
-    observer_error_last: str | None = None
-    stale_results: int = 0  # results refused by the attempt fence
-    results_refused: int = 0  # a success whose result the model could not store (JobFailed)
-    submits_refused: int = 0  # leases the pool would not take (their lease expires)
-    snapshots: int = 0
-    snapshot_seconds_last: float = 0.0
-    snapshot_failures: int = 0  # the WAL kept everything; retried after an interval
-    snapshot_error_last: str | None = None
-    events_appended: int = 0
-
-
-@attrs.frozen(kw_only=True)
-class RecoveryFigures:
-    """What the last start found: the storage's report, plus the Recover decision."""
-
-    seconds: float  # Storage.open + Recover durable (0.0 when not measured here)
-    snapshot_lsn: int
-    records_replayed: int
-    bytes_truncated: int
-    last_lsn: int
-    leases_abandoned: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return attrs.asdict(self)
-
-
-# -- The controller. ---------------------------------------------------------------------
-
-
 class Controller:
+    """The runtime's one owner of the state and the log (see the module doc)."""
+
     def __init__(
         self,
         storage: Storage,
@@ -345,8 +165,8 @@ class Controller:
             horizon_s=self._options.dispatch_horizon_s,
         )
         self._state = state
-        # Copied on write (add_observer), so readers iterate without the lock.
-        self._observers: tuple[ControllerObserver, ...] = ()
+        self.stats = Stats()
+        self._observers = Observers(self.stats)
         self._committer: Committer = self._new_committer()
         # A slot per task the pool can hold (running or waiting), so that a lease
         # can be made durable while the workers still run the previous ones.
@@ -364,27 +184,8 @@ class Controller:
         self._pool_started = False
         self._threads: list[threading.Thread] = []
         self._stop_timers = threading.Event()
-        self.stats = Stats()
 
-        # R5: Recover, durable, before anything else.
-        try:
-            outcomes, lsn, committer = self._apply(lambda now: [Recover(now_ms=now)])
-            self._wait_durable(committer, lsn)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                self._committer.close()  # no flusher thread outlives a failed start
-            raise
-        abandoned = outcomes[0]
-        assert isinstance(abandoned, tuple)
-        seconds = 0.0 if opened_at is None else time.monotonic() - opened_at
-        self.recovery = RecoveryFigures(
-            seconds=seconds,
-            snapshot_lsn=0 if report is None else report.snapshot_lsn,
-            records_replayed=0 if report is None else report.records_replayed,
-            bytes_truncated=0 if report is None else report.bytes_truncated,
-            last_lsn=state.last_lsn,
-            leases_abandoned=len(abandoned),
-        )
+        self.recovery = self._recover(report, opened_at)  # R5
         self.recovery_report = report
 
     @classmethod
@@ -417,7 +218,7 @@ class Controller:
             storage.close()
             raise
 
-    # -- R1: the one path from command to log. ---------------------------------------------
+    # -- R1: one lock, one order: decide, frame, publish. ----------------------------------
 
     def _apply(
         self,
@@ -467,7 +268,7 @@ class Controller:
                 self._committer.append(appended)
                 self._state = state
                 for event, after in counted:
-                    self._count(event, after)
+                    self.stats.count(event, after)
                 self.stats.events_appended += len(appended)
                 self._events_since_snapshot += len(appended)
                 if self._events_since_snapshot >= self._options.snapshot_every_events:
@@ -479,30 +280,23 @@ class Controller:
             # R2: whatever the caller answers reflects this state, so it waits for it.
             return outcomes, self._state.last_lsn, self._committer
 
-    def _count(self, event: Event, after: State) -> None:
-        stats = self.stats
-        if isinstance(event, LeaseGranted):
-            stats.dispatched += 1
-            return
-        if isinstance(event, JobCompleted):
-            stats.completed += 1
-            return
-        if isinstance(event, LeaseExpired):
-            stats.expired += 1
-        if isinstance(event, (JobFailed, LeaseExpired, LeaseAbandoned)):
-            status = after.jobs[event.job_id].status
-            if status in _RETRY_STATUSES:
-                stats.retried += 1
-            elif status is JobStatus.DEAD:
-                stats.dead += 1
-            elif status is JobStatus.CANCELLED:
-                stats.cancelled += 1
-        elif isinstance(event, JobCancelled):
-            stats.cancelled += 1
-        elif isinstance(event, LeaseReleased):
-            stats.released += 1
-            if after.jobs[event.job_id].status is JobStatus.CANCELLED:
-                stats.cancelled += 1
+    def _raise_if_unusable(self) -> None:
+        if self._failure is not None:
+            raise ControllerFailed(f"the controller failed: {self._failure}") from self._failure
+        if self._closed:
+            raise ControllerStopped("the controller is closed")
+
+    def _fail(self, error: BaseException) -> None:
+        with self._lock:
+            if self._failure is None:
+                self._failure = error
+            self._stopping = True
+            self._lease_possible.notify_all()
+            self._state_changed.notify_all()
+            self._snapshot_due.notify_all()
+        self._stop_timers.set()
+
+    # -- R2: durable before visible: every answer waits for the LSN it reflects. -----------
 
     def _wait_durable(self, committer: Committer, lsn: int) -> None:
         """Wait outside the lock (R1); a failed WAL fails the whole controller."""
@@ -512,12 +306,6 @@ class Controller:
             self._fail(error)
             raise
 
-    def _raise_if_unusable(self) -> None:
-        if self._failure is not None:
-            raise ControllerFailed(f"the controller failed: {self._failure}") from self._failure
-        if self._closed:
-            raise ControllerStopped("the controller is closed")
-
     def _run_one(self, make_command: Callable[[int], Command]) -> tuple[Event, ...] | str:
         outcomes, lsn, committer = self._apply(lambda now: [make_command(now)])
         self._wait_durable(committer, lsn)
@@ -526,7 +314,7 @@ class Controller:
             raise outcome
         return outcome
 
-    # -- The public API: producers and operators. ------------------------------------------
+    # The producers' and operators' commands.
 
     def enqueue(self, handler: str, args: Any = None, **fields: Any) -> str:
         """Enqueue one job; return its id once its ``JobEnqueued`` is durable.
@@ -588,7 +376,7 @@ class Controller:
         if self._stopping:
             raise ControllerStopped("the controller is stopping: it takes no new jobs")
 
-    # -- Reads: each waits for the durability of the state it reads (R2). ---------------
+    # The reads (what they answer is in read_models.py).
 
     def _durable_state(self) -> State:
         with self._lock:
@@ -629,14 +417,14 @@ class Controller:
 
     def is_idle(self) -> bool:
         with self._lock:
-            return _is_idle(self._state)
+            return is_idle(self._state)
 
     def until_idle(self, timeout_s: float | None = None) -> bool:
         """Wait until no job is pending, delayed or in flight (paused queues aside)
         and that state is durable.  False on timeout."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         with self._lock:
-            while not _is_idle(self._state):
+            while not is_idle(self._state):
                 self._raise_if_unusable()
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
@@ -646,154 +434,18 @@ class Controller:
         self._wait_durable(committer, lsn)
         return True
 
-    # -- The four loops' bodies (shared by step() and the threads). -------------------------
-
-    # -- Observers. ---------------------------------------------------------------------------
-
-    def add_observer(self, observer: ControllerObserver) -> None:
-        """Tell ``observer`` of every later result and durable batch."""
-        with self._lock:
-            self._observers = (*self._observers, observer)  # copied on write
-
-    def _new_committer(self) -> Committer:
-        committer = self._committer_factory(self._storage)
-        committer.on_batch = self._batch_durable
-        return committer
-
-    def _batch_durable(self, events: int, seconds: float) -> None:
-        # On the flusher thread: an exception here would end it and leave every
-        # producer waiting for durability forever.
-        for observer in self._observers:
-            try:
-                observer.batch_durable(events, seconds)
-            except Exception as error:
-                self._drop_observer(observer, error)
-
-    def _tell_results(self, results: Sequence[TaskResult]) -> None:
-        for observer in self._observers:
-            try:
-                for result in results:
-                    observer.result_received(result)
-            except Exception as error:
-                self._drop_observer(observer, error)
-
-    def _drop_observer(self, observer: ControllerObserver, error: Exception) -> None:
-        # Copy on write without the lock (a snapshot may hold it while this runs on
-        # the flusher thread); a lost race only delays the drop to the next call.
-        self._observers = tuple(kept for kept in self._observers if kept is not observer)
-        self.stats.observer_errors += 1
-        self.stats.observer_error_last = f"{type(error).__name__}: {error}"
+    # -- R3: bounded everywhere: slots, the dispatch window, one result place per slot. ----
 
     def _on_result(self, result: TaskResult) -> None:
         """The pool's callback, on a worker thread: never blocks (R3)."""
         self._results.put_nowait(result)
 
-    def _process_results(self, results: Sequence[TaskResult]) -> int:
-        """The result loop's body: Complete/Fail for each; stale ones are counted."""
-        self._tell_results(results)  # outside the lock
-        with self._lock:
-            for result in results:
-                if result.worker_id in self._busy_slots:
-                    self._busy_slots.discard(result.worker_id)
-                    self._free_slots.append(result.worker_id)
-                self._window.observe(result.duration_s)
-            seeds = [self._rng.getrandbits(64) for _ in results]  # in result order
-
-        def commands(now: int) -> list[Command]:
-            made: list[Command] = []
-            for result, seed in zip(results, seeds, strict=True):
-                outcome = result.outcome
-                if not result.started:
-                    # The handler never ran: the lease goes back uncounted (or, if it
-                    # has expired meanwhile, the fence finds this stale).
-                    made.append(Release(now_ms=now, job_id=result.job_id, attempt=result.attempt))
-                elif outcome.ok:
-                    assert outcome.result_json is not None
-                    made.append(
-                        Complete(
-                            now_ms=now,
-                            job_id=result.job_id,
-                            attempt=result.attempt,
-                            result_json=outcome.result_json,
-                            jitter_seed=seed,  # used if the model refuses the result
-                        )
-                    )
-                else:
-                    made.append(
-                        Fail(
-                            now_ms=now,
-                            job_id=result.job_id,
-                            attempt=result.attempt,
-                            error=outcome.error or "failed",
-                            jitter_seed=seed,
-                        )
-                    )
-            return made
-
-        def fallback(command: Command, rejected: Rejected) -> Command | None:
-            if rejected.rejection.rule in _STALE_RULES:
-                # The fence at work: a result from a lease that is no longer live.
-                self.stats.stale_results += 1
-                return None
-            # A result the model cannot store already failed the attempt in decide
-            # (Complete decides a JobFailed that says why); any other refusal is a
-            # bug here: loud.
-            raise rejected
-
-        outcomes, _lsn, _committer = self._apply(commands, fallback=fallback)
-        # No wait: nobody is answered, and a later lease's durability covers these.
-        with self._lock:
-            for result, outcome in zip(results, outcomes, strict=True):
-                # A success whose Complete was decided as a failure: the result was refused.
-                if result.outcome.ok and isinstance(outcome, tuple):
-                    self.stats.results_refused += sum(isinstance(e, JobFailed) for e in outcome)
-            self._lease_possible.notify()
-        return len(results)
-
-    def _tick_once(self) -> int:
-        self._withdraw_waiting()
-        options = self._options
-        outcomes, _lsn, _committer = self._apply(
-            lambda now: [
-                Tick(
-                    now_ms=now,
-                    retention_ms=options.retention_ms,
-                    finished_jobs_retained_max=options.finished_jobs_retained_max,
-                )
-            ]
-        )
-        events = outcomes[0]
-        return len(events) if isinstance(events, tuple) else 0
-
-    def _withdraw_waiting(self) -> None:
-        """The dispatch window's safety net: a task that has waited in the pool for
-        ``WITHDRAW_AFTER`` of its timeout without starting is taken back and its lease
-        released (uncounted) before it can expire (counted).  Leasing ahead is sized
-        from past running times; after quick jobs, slow ones could otherwise be leased
-        far ahead of what the workers can start."""
-        withdrawn = self._pool.withdraw_waiting(WITHDRAW_AFTER)
-        if not withdrawn:
-            return
-        with self._lock:
-            for task in withdrawn:
-                if task.worker_id in self._busy_slots:
-                    self._busy_slots.discard(task.worker_id)
-                    self._free_slots.append(task.worker_id)
-            self.stats.withdrawn += len(withdrawn)
-
-        def stale(command: Command, rejected: Rejected) -> Command | None:
-            # A lease that ended meanwhile (the job was forgotten, say) has nothing to
-            # give back; the fence says so.  Anything else is a bug here: loud.
-            if rejected.rejection.rule in _STALE_RULES:
-                return None
-            raise rejected
-
-        self._apply(
-            lambda now: [
-                Release(now_ms=now, job_id=task.job_id, attempt=task.attempt) for task in withdrawn
-            ],
-            fallback=stale,
-        )
+    def _free_slot(self, worker_id: str) -> None:
+        """A task left the pool (its result came, or it was withdrawn or refused):
+        its slot is free again.  Under the lock."""
+        if worker_id in self._busy_slots:
+            self._busy_slots.discard(worker_id)
+            self._free_slots.append(worker_id)
 
     def _dispatch_once(self) -> int:
         """Lease a job for each free slot inside the dispatch window; hand the tasks to
@@ -846,8 +498,7 @@ class Controller:
                 # and the timeout loop returns the job: safe, only slower.
                 with self._lock:
                     self.stats.submits_refused += 1
-                    self._busy_slots.discard(task.worker_id)
-                    self._free_slots.append(task.worker_id)
+                    self._free_slot(task.worker_id)
         return len(tasks)
 
     def _leases_allowed(self) -> int:
@@ -856,6 +507,8 @@ class Controller:
 
     def _can_lease(self) -> bool:
         return self._leases_allowed() > 0 and next_ready_job(self._state) is not None
+
+    # -- R4: snapshots see exactly the durable log. -----------------------------------------
 
     def snapshot(self) -> str:
         """R4: take a snapshot of exactly the durable log; return its path."""
@@ -900,216 +553,64 @@ class Controller:
             return False
         return since >= options.snapshot_tail_per_job * len(self._state.jobs)
 
-    # -- Deterministic mode. ----------------------------------------------------------------
+    def _new_committer(self) -> Committer:
+        committer = self._committer_factory(self._storage)
+        committer.on_batch = self._observers.batch_durable
+        return committer
+
+    # -- R5: Recover first. -----------------------------------------------------------------
+
+    def _recover(self, report: RecoveryReport | None, opened_at: float | None) -> RecoveryFigures:
+        """``Recover(now)``, durable, before anything else: every lease a previous process
+        left live is abandoned, and counted, before a new one is granted."""
+        try:
+            outcomes, lsn, committer = self._apply(lambda now: [Recover(now_ms=now)])
+            self._wait_durable(committer, lsn)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._committer.close()  # no flusher thread outlives a failed start
+            raise
+        abandoned = outcomes[0]
+        assert isinstance(abandoned, tuple)
+        seconds = 0.0 if opened_at is None else time.monotonic() - opened_at
+        return RecoveryFigures(
+            seconds=seconds,
+            snapshot_lsn=0 if report is None else report.snapshot_lsn,
+            records_replayed=0 if report is None else report.records_replayed,
+            bytes_truncated=0 if report is None else report.bytes_truncated,
+            last_lsn=self._state.last_lsn,
+            leases_abandoned=len(abandoned),
+        )
+
+    # -- Running and stopping: the loops (loops.py) and the shutdown (shutdown.py). --------
 
     def step(self) -> bool:
         """One round of the four loops, in a fixed order, on this thread: results,
         timeout (when a tick is due on the clock), dispatch, snapshot (when due).
         True if anything happened.  Not to be mixed with ``start()``."""
-        assert not self._threads, "step() while the loops run in threads"
-        self._start_pool()
-        did = False
-        results = self._drain_results()
-        if results:
-            self._process_results(results)
-            did = True
-        if self._clock.monotonic() >= self._next_tick_at:
-            self._next_tick_at = self._clock.monotonic() + self._options.tick_interval_s
-            did = self._tick_once() > 0 or did
-        did = self._dispatch_once() > 0 or did
-        with self._lock:
-            if self._snapshot_is_due():
-                self._snapshot_locked()
-                did = True
-        return did
-
-    def _drain_results(self) -> list[TaskResult]:
-        results: list[TaskResult] = []
-        while len(results) < self._options.result_batch_max:
-            try:
-                item = self._results.get_nowait()
-            except queue.Empty:
-                break
-            assert isinstance(item, TaskResult)
-            results.append(item)
-        return results
-
-    def _start_pool(self) -> None:
-        if not self._pool_started:
-            self._pool_started = True
-            self._pool.start(self._on_result)
-
-    # -- Threaded mode. ---------------------------------------------------------------------
+        return loops.step(self)
 
     def start(self) -> None:
         """Run the four loops in threads until ``stop``."""
-        assert not self._threads, "start() twice"
-        self._raise_if_unusable()
-        self._start_pool()
-        for name, target in (
-            ("dispatch", self._dispatch_loop),
-            ("result", self._result_loop),
-            ("timeout", self._timeout_loop),
-            ("snapshot", self._snapshot_loop),
-        ):
-            # Daemons: a program that forgets stop() can still exit, which for this
-            # queue is just a crash, and crashes are safe by design.
-            thread = threading.Thread(
-                target=self._guarded(target), name=f"beaverq-{name}", daemon=True
-            )
-            self._threads.append(thread)
-        for thread in self._threads:
-            thread.start()
-
-    def _guarded(self, loop: Callable[[], None]) -> Callable[[], None]:
-        def run() -> None:
-            try:
-                loop()
-            except BaseException as error:
-                self._fail(error)
-
-        return run
-
-    def _fail(self, error: BaseException) -> None:
-        with self._lock:
-            if self._failure is None:
-                self._failure = error
-            self._stopping = True
-            self._lease_possible.notify_all()
-            self._state_changed.notify_all()
-            self._snapshot_due.notify_all()
-        self._stop_timers.set()
-
-    def _dispatch_loop(self) -> None:
-        while True:
-            with self._lock:
-                while not self._stopping and not self._can_lease():
-                    self._lease_possible.wait()
-                if self._stopping:
-                    return
-            self._dispatch_once()
-
-    def _result_loop(self) -> None:
-        while True:
-            first = self._results.get()
-            if first is _STOP:
-                return
-            assert isinstance(first, TaskResult)
-            batch = [first]
-            stop = False
-            while len(batch) < self._options.result_batch_max:
-                try:
-                    item = self._results.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stop = True
-                    break
-                assert isinstance(item, TaskResult)
-                batch.append(item)
-            self._process_results(batch)
-            if stop:
-                return
-
-    def _timeout_loop(self) -> None:
-        while not self._stop_timers.wait(self._options.tick_interval_s):
-            self._tick_once()
-
-    def _snapshot_loop(self) -> None:
-        interval = self._options.snapshot_interval_s
-        while True:
-            with self._lock:
-                while not self._stop_timers.is_set() and not self._snapshot_is_due():
-                    left = interval - (self._clock.monotonic() - self._last_snapshot_at)
-                    # Nothing new since the last snapshot: a whole interval, not a spin.
-                    self._snapshot_due.wait(left if left > 0 else interval)
-                if self._stop_timers.is_set():
-                    return
-                try:
-                    self._snapshot_locked()
-                except WalFailed:
-                    raise  # the log itself failed: the runner must stop
-                except (OSError, StorageError) as error:
-                    # The WAL still holds everything: a failed snapshot only makes
-                    # the next recovery longer.  Count it and try again later.
-                    self.stats.snapshot_failures += 1
-                    self.stats.snapshot_error_last = str(error)
-                    self._last_snapshot_at = self._clock.monotonic()
-
-    # -- Stopping. --------------------------------------------------------------------------
+        loops.start(self)
 
     def stop(self, grace_s: float = 10.0) -> list[str]:
         """Graceful stop: no more leases; running jobs get ``grace_s`` to finish (their
         results are recorded); every lease still live is released (``Release``: back
         to the queue, the attempt not counted); a final snapshot; storage closed.
         Returns the ids of the jobs released, sorted (docs/runtime.md, "Shutdown")."""
-        if self._closed:
-            return []
-        self._begin_stop()
-        if self._pool_started:
-            self._pool.shutdown(grace_s)
-        self._end_loops(process_results=True)
-        released: list[str] = []
-        failure = self._failure
-        try:
-            if failure is None:
-                released = self._release_live_leases()
-            if failure is None and self._options.final_snapshot:
-                with self._lock:
-                    if self._events_since_snapshot > 0:
-                        self._snapshot_locked()
-        finally:
-            self._close_storage()
-        if failure is not None:
-            raise ControllerFailed(f"the controller failed: {failure}") from failure
-        return released
+        return shutdown.stop(self, grace_s)
 
     def end_grace(self) -> None:
         """During ``stop``: end the grace at once (a second signal; ``pool.end_grace``)."""
         self._pool.end_grace()
-
-    def _release_live_leases(self) -> list[str]:
-        """Give back every lease still live, once no handler of ours can report.
-
-        By now the pool has stopped: every handler finished (its result recorded),
-        never started (dropped from the pool's queue), or was abandoned at the end of
-        the grace (whatever it returns is dropped).  So every lease still live is
-        one no result will ever end; each of this process's leases, since ``Recover``
-        abandoned any older ones at the start (R5).  ``Release`` puts the job back
-        without counting the attempt: an interrupted job is not a failed one."""
-        released: list[str] = []
-
-        def releases(now: int) -> list[Command]:
-            # Under the lock (``_apply``): the leases read are the leases released.
-            state = self._state
-            released.extend(sorted(state.in_flight))
-            return [
-                Release(now_ms=now, job_id=job_id, attempt=state.jobs[job_id].attempt)
-                for job_id in released
-            ]
-
-        outcomes, lsn, committer = self._apply(
-            releases,
-            atomic=True,  # nothing else runs now: a refusal here is a bug, loud
-        )
-        self._wait_durable(committer, lsn)
-        assert all(isinstance(outcome, tuple) and outcome for outcome in outcomes), outcomes
-        return released
 
     def halt(self) -> None:
         """Stop at once, as close to a crash as one process can come: no grace, no
         result processed, no snapshot.  The group commit's flusher is closed (it has no
         abort: what was framed is flushed, as if the crash came a moment later); the
         storage is *not* closed: the caller drops its file system (``fs.close()``)."""
-        if self._closed:
-            return
-        self._begin_stop()
-        if self._pool_started:
-            self._pool.shutdown(0.0)
-        self._end_loops(process_results=False)
-        self._closed = True
-        with contextlib.suppress(Exception):  # a crash reports nothing either
-            self._committer.close()
+        shutdown.halt(self)
 
     def __enter__(self) -> Controller:
         return self
@@ -1117,142 +618,7 @@ class Controller:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    def _begin_stop(self) -> None:
+    def add_observer(self, observer: ControllerObserver) -> None:
+        """Tell ``observer`` of every later result and durable batch."""
         with self._lock:
-            self._stopping = True
-            self._lease_possible.notify_all()
-        for thread in self._threads:
-            if thread.name == "beaverq-dispatch":
-                # Joined before the pool stops: every durable lease gets submitted.
-                thread.join()
-
-    def _end_loops(self, *, process_results: bool) -> None:
-        if self._threads:
-            if process_results:
-                self._results.put(_STOP)
-            else:
-                self._drop_results()
-                self._results.put(_STOP)
-            self._stop_timers.set()
-            with self._lock:
-                self._snapshot_due.notify_all()
-            for thread in self._threads:
-                thread.join()
-        if process_results and self._failure is None:
-            # Step mode, or results reported after the result loop ended.
-            while True:
-                results = self._drain_results()
-                if not results:
-                    break
-                self._process_results(results)
-        else:
-            self._drop_results()
-
-    def _drop_results(self) -> None:
-        while True:
-            try:
-                self._results.get_nowait()
-            except queue.Empty:
-                return
-
-    def _close_storage(self) -> None:
-        with self._lock:
-            self._closed = True
-            self._state_changed.notify_all()
-        try:
-            self._committer.close()
-        except WalFailed:
-            if self._failure is None:
-                raise
-            # Already failed: stop() reports that failure, not this echo of it.
-        finally:
-            self._storage.close()
-
-
-# -- Reading a state: shared with the CLI when no runner holds the data dir. ---------------
-
-
-def _is_idle(state: State) -> bool:
-    """No job pending, delayed or in flight, paused queues aside."""
-    counts = state.counts
-    if counts.in_flight or next_ready_job(state) is not None:
-        return False
-    if counts.delayed == 0:
-        return True
-    if not state.paused:
-        return False
-    # Rare (paused queues and delayed jobs): a scan is fine.
-    return not any(
-        job.status is JobStatus.DELAYED and job.spec.queue not in state.paused
-        for job in state.jobs.values()
-    )
-
-
-_COUNTED = ("pending", "delayed", "in_flight", "completed", "dead", "cancelled")
-
-
-def status_of(state: State) -> dict[str, Any]:
-    counts = state.counts
-    queues: dict[str, dict[str, int]] = {}
-    for job in state.jobs.values():
-        per = queues.get(job.spec.queue)
-        if per is None:
-            per = queues[job.spec.queue] = dict.fromkeys(_COUNTED, 0)
-        per[job.status.value] += 1
-    return {
-        **{name: getattr(counts, name) for name in _COUNTED},
-        "total": counts.total,
-        "queues": dict(sorted(queues.items())),
-        "paused": sorted(state.paused),
-        "last_lsn": state.last_lsn,
-    }
-
-
-def job_summary(job: Job) -> dict[str, Any]:
-    spec = job.spec
-    return {
-        "job_id": spec.job_id,
-        "queue": spec.queue,
-        "handler": spec.handler,
-        "status": job.status.value,
-        "priority": spec.priority,
-        "attempt": job.attempt,
-        "attempts_used": job.attempts_used,
-        "max_attempts": spec.max_attempts,
-        "error": job.error,
-    }
-
-
-def job_detail(job: Job) -> dict[str, Any]:
-    spec = job.spec
-    return job_summary(job) | {
-        "args_json": spec.args_json,
-        "timeout_ms": spec.timeout_ms,
-        "backoff_base_ms": spec.backoff_base_ms,
-        "backoff_cap_ms": spec.backoff_cap_ms,
-        "idempotency_key": spec.idempotency_key,
-        "enqueued_at_ms": job.enqueued_at_ms,
-        "ready_at_ms": job.ready_at_ms,
-        "lease_expires_at_ms": job.lease_expires_at_ms,
-        "cancel_requested": job.cancel_requested,
-        "result_json": job.result_json,
-        "finished_at_ms": job.finished_at_ms,
-        "attempts": [attrs.asdict(record) for record in job.history],
-    }
-
-
-def jobs_of(
-    state: State, status: str | None = None, queue: str | None = None, limit: int | None = None
-) -> list[dict[str, Any]]:
-    if status is not None and status not in _COUNTED:
-        raise ValueError(f"unknown state {status!r}: one of {', '.join(_COUNTED)}")
-    found = [
-        job
-        for job in state.jobs.values()
-        if (status is None or job.status.value == status)
-        and (queue is None or job.spec.queue == queue)
-    ]
-    found.sort(key=lambda job: job.enqueued_lsn)
-    if limit is not None:
-        found = found[:limit]
-    return [job_summary(job) for job in found]
+            self._observers.add(observer)
