@@ -510,8 +510,9 @@ def run_demo(argv: Sequence[str] | None = None) -> int:
 
 
 def _tell(story: Story, args: argparse.Namespace) -> bool:
-    from beaverq.impl.runtime.controller import Controller, ControllerOptions
+    from beaverq.impl.runtime.controller import Controller
     from beaverq.impl.runtime.handlers import HandlerRegistry
+    from beaverq.impl.runtime.options import ControllerOptions
     from beaverq.impl.runtime.workers import ThreadPool
 
     out = story.out

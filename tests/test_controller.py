@@ -29,16 +29,12 @@ from hypothesis import strategies as st
 from sim.crashfs import NOTHING_UNSYNCED, CrashFS, CrashPolicy, HypothesisChooser, crash_policies
 
 from beaverq.impl.runtime.clock import SystemClock
-from beaverq.impl.runtime.controller import (
-    Controller,
-    ControllerFailed,
-    ControllerOptions,
-    ControllerStopped,
-    InlineCommit,
-    JobRequest,
-    group_commit_factory,
-)
+from beaverq.impl.runtime.committers import InlineCommit, group_commit_factory
+from beaverq.impl.runtime.controller import Controller
+from beaverq.impl.runtime.errors import ControllerFailed, ControllerStopped
 from beaverq.impl.runtime.handlers import HandlerContext, HandlerRegistry, Outcome
+from beaverq.impl.runtime.job_request import JobRequest
+from beaverq.impl.runtime.options import ControllerOptions
 from beaverq.impl.runtime.workers import (
     PoolClosed,
     PoolFull,

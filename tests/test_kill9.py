@@ -340,8 +340,9 @@ def campaign_runner(argv: list[str]) -> int:
     with metrics; with ``produce``, two producer threads enqueue mixed jobs and log each
     acknowledged id.  Runs until SIGTERM (graceful stop, exit 0) or SIGKILL."""
     from beaverq.impl.frontends.metrics import Metrics, serve_metrics
-    from beaverq.impl.runtime.controller import Controller, JobRequest
+    from beaverq.impl.runtime.controller import Controller
     from beaverq.impl.runtime.handlers import HandlerRegistry
+    from beaverq.impl.runtime.job_request import JobRequest
     from beaverq.impl.runtime.workers import ThreadPool
     from beaverq.model import Rejected
 

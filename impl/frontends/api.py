@@ -27,10 +27,11 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from beaverq.impl.runtime.controller import Controller, ControllerOptions
+from beaverq.impl.runtime.controller import Controller
 from beaverq.impl.runtime.dispatch_window import HORIZON_S_DEFAULT
 from beaverq.impl.runtime.gc_policy import release_tuning, tune_for_long_lived_state
 from beaverq.impl.runtime.handlers import HandlerFunction, HandlerRegistry
+from beaverq.impl.runtime.options import ControllerOptions
 from beaverq.impl.runtime.workers import ProcessPool, ThreadPool, WorkerPool
 from beaverq.impl.storage.fs import DataDirLocked, RealFileSystem, StorageError
 

@@ -606,7 +606,7 @@ def _set_when_idle(runner: Any, stop: threading.Event) -> None:
 
 def _stop_runner(runner: Any, signals: _Signals, grace_s: float) -> int:
     """Stop on a helper thread, so that a second signal can end the grace meanwhile."""
-    from beaverq.impl.runtime.controller import ControllerFailed
+    from beaverq.impl.runtime.errors import ControllerFailed
 
     outcome: dict[str, Any] = {}
 

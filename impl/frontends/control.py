@@ -30,13 +30,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from beaverq.impl.runtime.clock import SystemClock
-from beaverq.impl.runtime.controller import (
-    Controller,
-    ControllerFailed,
-    ControllerStopped,
-    JobRequest,
-)
+from beaverq.impl.runtime.controller import Controller
+from beaverq.impl.runtime.errors import ControllerFailed, ControllerStopped
 from beaverq.impl.runtime.handlers import HandlerRegistry
+from beaverq.impl.runtime.job_request import JobRequest
 from beaverq.impl.runtime.read_models import job_detail, jobs_of, status_of
 from beaverq.impl.runtime.workers import ThreadPool
 from beaverq.impl.storage.fs import DataDirLocked, RealFileSystem, StorageError

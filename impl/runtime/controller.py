@@ -54,12 +54,7 @@ from typing import Any
 import attrs
 
 from beaverq.impl.storage.fs import FileSystem, RealFileSystem
-from beaverq.impl.storage.storage import (
-    SNAPSHOT_EVERY_EVENTS_DEFAULT,
-    RecoveryReport,
-    Storage,
-    StorageOptions,
-)
+from beaverq.impl.storage.storage import RecoveryReport, Storage, StorageOptions
 from beaverq.impl.storage.wal import WalFailed
 from beaverq.model import (
     Cancel,
@@ -84,43 +79,14 @@ from beaverq.model import (
 
 from . import loops, shutdown
 from .clock import Clock, SystemClock
-from .committers import Committer, CommitterFactory, InlineCommit, group_commit_factory
-from .dispatch_window import HORIZON_S_DEFAULT, DispatchWindow
+from .committers import Committer, CommitterFactory, group_commit_factory
+from .dispatch_window import DispatchWindow
 from .errors import ControllerFailed, ControllerStopped
 from .job_request import JobRequest
 from .observers import ControllerObserver, Observers
+from .options import ControllerOptions
 from .read_models import RecoveryFigures, Stats, is_idle, job_detail, jobs_of, status_of
 from .workers import PoolClosed, PoolFull, Task, TaskResult, WorkerPool
-
-# Importers name these here, beside the controller they go with.
-__all__ = [
-    "Controller",
-    "ControllerFailed",
-    "ControllerObserver",
-    "ControllerOptions",
-    "ControllerStopped",
-    "InlineCommit",
-    "JobRequest",
-    "group_commit_factory",
-]
-
-
-@attrs.frozen(kw_only=True)
-class ControllerOptions:
-    runner_id: str | None = None  # worker ids are "<runner_id>-w<n>"; default p<pid>
-    tick_interval_s: float = 0.05  # the timeout loop's period
-    snapshot_interval_s: float = 2.0  # the original design: "e.g. every 2 s"
-    snapshot_every_events: int = SNAPSHOT_EVERY_EVENTS_DEFAULT
-    # An interval snapshot waits for at least this many new events per job in the
-    # state (see _snapshot_is_due); the every-N-events one never waits.
-    snapshot_tail_per_job: float = 0.1
-    retention_ms: int = limits.RETENTION_MS_DEFAULT
-    finished_jobs_retained_max: int = limits.FINISHED_JOBS_RETAINED_MAX_DEFAULT
-    result_batch_max: int = 1_000  # results decided under one lock hold
-    # How soon a task leased ahead of the workers should start (impl/runtime/dispatch_window.py).
-    dispatch_horizon_s: float = HORIZON_S_DEFAULT
-    final_snapshot: bool = True  # on stop()
-    jitter_seed: int | None = None  # seeds the retry-jitter draws (None: from the OS)
 
 
 class Controller:
