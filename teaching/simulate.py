@@ -16,8 +16,8 @@ output byte for byte, under any ``PYTHONHASHSEED`` and on any machine.
 
 At the end a run checks itself: every job finished within a step budget, the
 summary adds up, replaying the recorded log from nothing rebuilds the final state
-(and replaying it again changes nothing), and, when ``beaverq.spec.invariants``
-provides ``check_all``, the state invariants hold.
+(and replaying it again changes nothing), and the state invariants of
+``beaverq.spec.invariants`` hold.
 """
 
 from __future__ import annotations
@@ -25,11 +25,10 @@ from __future__ import annotations
 import contextlib
 import gc
 import heapq
-import importlib
 import json
 import random
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import attrs
 
@@ -68,6 +67,7 @@ from beaverq.model import (
     replay,
 )
 from beaverq.model.timers import timers_peek
+from beaverq.spec.invariants import check_all
 
 from .fake_clock import FakeClock
 
@@ -163,7 +163,7 @@ class Summary:
     final_lsn: int
     simulated_ms: int
     steps: int
-    invariants: str  # "hold", or "not available" before spec/invariants.py exists
+    invariants: str  # "hold" once the spec invariants were checked
 
     def rows(self) -> list[tuple[str, str]]:
         return [
@@ -272,7 +272,7 @@ def simulate(
 ) -> SimulationReport:
     """Run the scenario drawn from ``seed`` until every job has finished.
 
-    ``check_every_step`` also checks the spec invariants (when available) after
+    ``check_every_step`` also checks the spec invariants after
     every command, not only at the end: slower, for tests.
     """
     _check_argument("seed", seed, 0, None)
@@ -650,9 +650,6 @@ class _Simulation:
     # -- The end of the run: its checks and its report. ----------------------------------
 
     def _check_invariants(self) -> None:
-        check_all = _spec_check_all()
-        if check_all is None:
-            return
         try:
             check_all(self.state)
         except AssertionError as broken:
@@ -710,19 +707,3 @@ class _Simulation:
 
 def _line(at_ms: int, lsn: str, what: str, details: str) -> str:
     return f"[{seconds(at_ms):>9}] {lsn:<6} {what:<15} {details}".rstrip()
-
-
-def _spec_check_all() -> Callable[[State], object] | None:
-    """``beaverq.spec.invariants.check_all`` if that module provides it, else None.
-
-    Imported lazily and optionally: spec/invariants.py is written alongside this
-    module, and a simulation is still worth running before it exists.
-    """
-    try:
-        module = importlib.import_module("beaverq.spec.invariants")
-    except ModuleNotFoundError as missing:
-        if missing.name != "beaverq.spec.invariants":
-            raise  # the module exists but is broken: say so
-        return None
-    check_all: Callable[[State], object] | None = getattr(module, "check_all", None)
-    return check_all

@@ -11,7 +11,7 @@
    ``shell`` job's side effect (a line appended to a file) happened at least once.
 
 The runners are watched through their metrics endpoint (``impl/frontends/metrics.py``); the
-whole WAL is kept by hard links while they run (``teaching/demo.py``, ``WalArchive``), so
+whole WAL is kept by hard links while they run (``teaching/demo_runner.py``, ``WalArchive``), so
 the history is checked from LSN 1 although snapshots compact the live directory.
 
 Producers.  An acknowledged enqueue needs a runner-side path while a runner holds
@@ -39,7 +39,7 @@ from pathlib import Path
 
 import pytest
 
-from beaverq.teaching.demo import WalArchive, scrape
+from beaverq.teaching.demo_runner import WalArchive, scrape
 
 THIS_FILE = os.path.abspath(__file__)
 WAIT_S = 60.0
@@ -171,16 +171,15 @@ def test_add_100_wait_50_sigkill_restart_recover_under_3s_rest_complete(tmp_path
     from beaverq.impl.runtime.controller import Controller
     from beaverq.impl.runtime.handlers import HandlerRegistry
     from beaverq.impl.runtime.workers import ThreadPool
-    from beaverq.teaching.demo import Runner, cli_has_run
+    from beaverq.teaching.demo_runner import Runner
 
     data_dir = tmp_path / "data"
     archive = WalArchive(str(data_dir), str(tmp_path / "archive"))
     with Controller.open(str(data_dir), ThreadPool(HandlerRegistry(), 1)) as producer:
         ids = producer.enqueue_batch([{"handler": "sleep", "args": {"seconds": 0.05}}] * 100)
     archive.sync()
-    use_cli = cli_has_run()
 
-    runner = Runner(str(data_dir), 2, use_cli, str(tmp_path / "runner-1.log"))
+    runner = Runner(str(data_dir), 2, str(tmp_path / "runner-1.log"))
     try:
         runner.wait_serving(time.monotonic() + WAIT_S)
         at_kill: dict[str, float] = {}
@@ -198,7 +197,7 @@ def test_add_100_wait_50_sigkill_restart_recover_under_3s_rest_complete(tmp_path
     assert runner.process.returncode == -signal.SIGKILL
     assert count(at_kill, "completed") < 100, "the crash came too late to test anything"
 
-    runner = Runner(str(data_dir), 2, use_cli, str(tmp_path / "runner-2.log"))
+    runner = Runner(str(data_dir), 2, str(tmp_path / "runner-2.log"))
     try:
         samples = runner.wait_serving(time.monotonic() + WAIT_S)
         assert samples["queue_recovery_duration_seconds"] < RECOVERY_MAX_S
