@@ -35,10 +35,10 @@ from beaverq.impl.runtime.errors import ControllerFailed, ControllerStopped
 from beaverq.impl.runtime.handlers import HandlerContext, HandlerRegistry, Outcome
 from beaverq.impl.runtime.job_request import JobRequest
 from beaverq.impl.runtime.options import ControllerOptions
+from beaverq.impl.runtime.process_pool import ProcessPool
 from beaverq.impl.runtime.workers import (
     PoolClosed,
     PoolFull,
-    ProcessPool,
     Task,
     TaskResult,
     ThreadPool,

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 from beaverq.impl.runtime.handlers import HandlerContext, HandlerRegistry, Outcome
+from beaverq.impl.runtime.process_pool import ProcessPool
 from beaverq.impl.runtime.workers import (
     PoolClosed,
     PoolFull,
-    ProcessPool,
     Task,
     TaskResult,
     ThreadPool,

@@ -32,7 +32,8 @@ from beaverq.impl.runtime.dispatch_window import HORIZON_S_DEFAULT
 from beaverq.impl.runtime.gc_policy import release_tuning, tune_for_long_lived_state
 from beaverq.impl.runtime.handlers import HandlerFunction, HandlerRegistry
 from beaverq.impl.runtime.options import ControllerOptions
-from beaverq.impl.runtime.workers import ProcessPool, ThreadPool, WorkerPool
+from beaverq.impl.runtime.process_pool import ProcessPool
+from beaverq.impl.runtime.workers import ThreadPool, WorkerPool
 from beaverq.impl.storage.fs import DataDirLocked, RealFileSystem, StorageError
 
 from .control import ControlServer, _perform_or_fail, execute, job_request
