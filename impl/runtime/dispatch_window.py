@@ -27,7 +27,7 @@ import attrs
 HORIZON_S_DEFAULT = 0.05
 #: Weight of the newest running time in the moving average.
 SMOOTHING = 0.2
-#: The safety net (Controller._withdraw_waiting): a task that has waited this fraction
+#: The safety net (loops.withdraw_waiting): a task that has waited this fraction
 #: of its timeout without starting is taken back and its lease released, uncounted,
 #: well before the lease could expire and count.  The window is sized from *past*
 #: running times, so after a run of quick jobs a batch of slow ones can be leased
