@@ -20,9 +20,9 @@ answer (``status``, ``show``, a rejection) waits for the LSN of the state it rea
 
 **R3, bounded everywhere.**  The controller leases only into free *slots*, one per
 task the pool can hold (running or waiting), and only as many as the dispatch window
-allows (impl/runtime/dispatch_window.py: a few fsyncs ahead of the workers, never more than
-they will start soon), so the pool's queue never fills and the result queue, one
-place per slot, can hold every outstanding result: neither put blocks.
+allows (dispatch_window.py: a few fsyncs ahead of the workers, never more than they
+will start soon), so the pool's queue never fills and the result queue, one place per
+slot, can hold every outstanding result: neither put blocks.
 
 **R4, snapshots see exactly the durable log.**  A snapshot pauses appends by
 holding ``_lock``, closes the group commit (which flushes and stops its flusher
@@ -30,7 +30,7 @@ thread, so no batch is being written), snapshots the state (now exactly the
 durable log), and opens a fresh group commit.
 
 **R5, Recover first.**  ``Recover(now)`` is decided and made durable in the
-constructor, before any lease: every lease a previous process left live is
+constructor (``_recover``), before any lease: every lease a previous process left live is
 abandoned, and counted, before new ones are granted.
 
 Two ways to drive it, sharing all of the above: ``step()``, one round of the four
