@@ -548,7 +548,7 @@ class Controller:
             leases_abandoned=len(abandoned),
         )
 
-    # -- Running and stopping: the loops (loops.py) and the shutdown (shutdown.py). --------
+    # -- Driving it: the loops (loops.py), stopping (shutdown.py), observers. ---------------
 
     def step(self) -> bool:
         """One round of the four loops, in a fixed order, on this thread: results,
