@@ -2,7 +2,7 @@
 
 The controller stamps the time when it decides the command (``JobRequest.command``),
 under its lock, so that times grow with LSNs.  The fields are ``Enqueue``'s, minus
-``now_ms``, with the same defaults: tests/test_job_request.py holds the two equal, so
+``now_ms``, with the same defaults: tests/test_architecture.py holds the two equal, so
 that a field added to the model's command cannot be forgotten here.
 """
 
