@@ -228,7 +228,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "3a",
         "apply before append: a lease takes effect (its job reaches a worker) before its "
         "event is in the durable log",
-        "impl/runtime/controller.py `Controller._dispatch`",
+        "impl/runtime/controller.py `Controller._dispatch_once`",
         (
             Edit(
                 "impl/runtime/controller.py",
