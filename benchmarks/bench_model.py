@@ -61,8 +61,9 @@ def background_state(jobs: int) -> State:
         state = _apply(state, Lease(now_ms=1, worker_id="w"))
         state = _apply(state, Complete(now_ms=2, job_id=f"done-{index}", attempt=1))
     for index in range(jobs - jobs // 2):
-        state = _apply(state, Enqueue(now_ms=3, handler="noop", queue="parked",
-                                      job_id=f"parked-{index}"))
+        state = _apply(
+            state, Enqueue(now_ms=3, handler="noop", queue="parked", job_id=f"parked-{index}")
+        )
     return state
 
 
@@ -72,8 +73,9 @@ def workload_events(state: State, jobs: int) -> list[Event]:
     now = 10
     for index in range(jobs):
         job_id = f"work-{index}"
-        state = _apply(state, Enqueue(now_ms=now, handler="noop", job_id=job_id,
-                                      backoff_base_ms=0), log)
+        state = _apply(
+            state, Enqueue(now_ms=now, handler="noop", job_id=job_id, backoff_base_ms=0), log
+        )
         state = _apply(state, Lease(now_ms=now, worker_id="w1"), log)
         if index % 10 == 0:
             state = _apply(state, Fail(now_ms=now, job_id=job_id, attempt=1, error="x"), log)
@@ -106,8 +108,11 @@ def measure_sizes(sizes: list[int]) -> list[tuple[int, int, float]]:
         events = workload_events(state, WORKLOAD_JOBS)
         seconds = time_evolve(state, events)
         rows.append((size, len(events), seconds))
-        print(f"N={size:>9,}: {len(events):,} events in {seconds:.3f} s "
-              f"= {len(events) / seconds:,.0f} events/s", file=sys.stderr)
+        print(
+            f"N={size:>9,}: {len(events):,} events in {seconds:.3f} s "
+            f"= {len(events) / seconds:,.0f} events/s",
+            file=sys.stderr,
+        )
     return rows
 
 
@@ -141,11 +146,16 @@ def report(rows: list[tuple[int, int, float]], replayed: tuple[int, float]) -> s
     ]
     for size, count, seconds in rows:
         per_event_us = seconds / count * 1e6
-        lines.append(f"| {size:,} | {count:,} | {count / seconds:,.0f} | {per_event_us:.2f} | "
-                     f"{per_event_us / base_us:.2f}x |")
+        lines.append(
+            f"| {size:,} | {count:,} | {count / seconds:,.0f} | {per_event_us:.2f} | "
+            f"{per_event_us / base_us:.2f}x |"
+        )
     count, seconds = replayed
-    lines += ["", f"Replay of {count:,} events from the empty state: {seconds:.2f} s "
-              f"({count / seconds:,.0f} events/s)."]
+    lines += [
+        "",
+        f"Replay of {count:,} events from the empty state: {seconds:.2f} s "
+        f"({count / seconds:,.0f} events/s).",
+    ]
     return "\n".join(lines)
 
 

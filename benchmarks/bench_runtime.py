@@ -17,7 +17,7 @@ raw fsync rate is measured at the start and at the end.
 
 The systems, each at its most durable setting (docs/performance.md, "Runtime"):
 
-* **beaverq**: ``Controller`` (impl/controller.py) with its defaults (group commit,
+* **beaverq**: ``Controller`` (impl/runtime/controller.py) with its defaults (group commit,
   ``ThreadPool`` of W workers with its default waiting room of W tasks), handler
   ``noop``.  A job is done when its ``JobCompleted`` is durable (``until_idle``).
 * **persist-queue** ``SQLiteAckQueue(auto_commit=True, multithreading=True)``:
@@ -66,11 +66,11 @@ from typing import Any
 
 import attrs
 
-from beaverq.impl.controller import Controller
-from beaverq.impl.fs import RealFileSystem
-from beaverq.impl.gc_policy import release_tuning, tune_for_long_lived_state
-from beaverq.impl.handlers import HandlerContext, HandlerRegistry
-from beaverq.impl.workers import ThreadPool
+from beaverq.impl.runtime.controller import Controller
+from beaverq.impl.runtime.gc_policy import release_tuning, tune_for_long_lived_state
+from beaverq.impl.runtime.handlers import HandlerContext, HandlerRegistry
+from beaverq.impl.runtime.workers import ThreadPool
+from beaverq.impl.storage.fs import RealFileSystem
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "performance.md"
@@ -179,7 +179,7 @@ def source_version() -> str:
     """The commit the imported beaverq comes from, and whether its code had changes."""
     import subprocess
 
-    import beaverq.impl.controller as controller_module
+    import beaverq.impl.runtime.controller as controller_module
 
     folder = Path(os.path.realpath(controller_module.__file__)).parent.parent
 
@@ -237,7 +237,7 @@ def raw_fsync_rate(root: str, seconds: float) -> float:
 
 
 def beaverq_open(path: str, workers: int) -> Controller:
-    """A controller as ``beaverq run`` has it, GC policy included (impl/gc_policy.py);
+    """A controller as ``beaverq run`` has it, GC policy included (impl/runtime/gc_policy.py);
     ``beaverq_close`` gives the next system the interpreter's defaults back."""
     pool = ThreadPool(HandlerRegistry(), workers)  # built-ins only: "noop"
     controller = Controller.open(os.path.join(path, "data"), pool)

@@ -32,9 +32,9 @@ import threading
 import time
 from pathlib import Path
 
-from beaverq.impl.fs import RealFileSystem
-from beaverq.impl.group_commit import GroupCommit
-from beaverq.impl.storage import SNAPSHOT_EVERY_EVENTS_DEFAULT, Storage
+from beaverq.impl.storage.fs import RealFileSystem
+from beaverq.impl.storage.group_commit import GroupCommit
+from beaverq.impl.storage.storage import SNAPSHOT_EVERY_EVENTS_DEFAULT, Storage
 from beaverq.model import Enqueue, Event, State, decide, evolve
 
 SECONDS = 2.0

@@ -27,10 +27,10 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from strategies import replay_all, run
 
-from beaverq.impl.fs import RealFileSystem
-from beaverq.impl.record import Record, decode_frame
-from beaverq.impl.storage import RecoveryReport, Storage, StorageOptions
-from beaverq.impl.wal_reader import list_segments
+from beaverq.impl.storage.fs import RealFileSystem
+from beaverq.impl.storage.record import Record, decode_frame
+from beaverq.impl.storage.storage import RecoveryReport, Storage, StorageOptions
+from beaverq.impl.storage.wal_reader import list_segments
 from beaverq.model import (
     Cancel,
     Complete,

@@ -38,9 +38,11 @@ from hypothesis import strategies as st
 from test_cli_queue import RunningRunner, beaverq, dir_bytes, runner_factory, state_of, wait_until
 from test_controller import FakePool
 
-from beaverq.impl.control import CommandFailed, execute_locally, perform
-from beaverq.impl.controller import Controller, ControllerOptions, InlineCommit
-from beaverq.impl.fs import RealFileSystem
+from beaverq.impl.frontends.control import CommandFailed, execute_locally, perform
+from beaverq.impl.runtime.committers import InlineCommit
+from beaverq.impl.runtime.controller import Controller
+from beaverq.impl.runtime.options import ControllerOptions
+from beaverq.impl.storage.fs import RealFileSystem
 from beaverq.model import JobStatus, Rejected
 
 __all__ = ["runner_factory"]  # a fixture, imported to be used here

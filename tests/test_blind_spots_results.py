@@ -36,9 +36,10 @@ from hypothesis import strategies as st
 from sim.crashfs import CrashFS
 from test_controller import DIRECTORY, World
 
-from beaverq.impl.controller import Controller, ControllerOptions
-from beaverq.impl.handlers import HandlerContext, HandlerRegistry, Outcome
-from beaverq.impl.workers import TaskResult, ThreadPool
+from beaverq.impl.runtime.controller import Controller
+from beaverq.impl.runtime.handlers import HandlerContext, HandlerRegistry, Outcome
+from beaverq.impl.runtime.options import ControllerOptions
+from beaverq.impl.runtime.workers import TaskResult, ThreadPool
 from beaverq.model import JobStatus
 
 # -- Kind 3: tasks that never started. ---------------------------------------------------

@@ -1,14 +1,16 @@
-"""The command line (impl/cli.py): help everywhere, one-line errors, the right exit status."""
+"""The command line (impl/frontends/cli.py): help everywhere, one-line errors, the right
+exit status."""
 
 import subprocess
 import sys
 
 import pytest
 
-from beaverq.impl import cli
-from beaverq.impl.simulate import SimulationFailed, simulate
+from beaverq.impl.frontends import cli
+from beaverq.teaching.simulate import SimulationFailed, simulate
 
 # Every command line that shows help; each new command adds its own here.
+PYTHON_M_CLI = [sys.executable, "-m", "beaverq.impl.frontends.cli"]
 HELP_COMMANDS = [["--help"], ["-h"], ["simulate", "--help"], ["--data-dir", "d", "simulate", "-h"]]
 
 
@@ -115,9 +117,9 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_runs_as_a_module() -> None:
-    """``python -m beaverq.impl.cli`` is the same program as the console script."""
+    """``python -m beaverq.impl.frontends.cli`` is the same program as the console script."""
     proc = subprocess.run(
-        [sys.executable, "-m", "beaverq.impl.cli", "simulate", "--seed", "3", "--jobs", "5"],
+        [*PYTHON_M_CLI, "simulate", "--seed", "3", "--jobs", "5"],
         capture_output=True,
         text=True,
         check=False,
@@ -125,7 +127,7 @@ def test_runs_as_a_module() -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == simulate(3, 5).render()
     bad = subprocess.run(
-        [sys.executable, "-m", "beaverq.impl.cli", "simulate", "--seed", "3", "--jobs", "-5"],
+        [*PYTHON_M_CLI, "simulate", "--seed", "3", "--jobs", "-5"],
         capture_output=True,
         text=True,
         check=False,

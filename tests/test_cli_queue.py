@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 WAIT_S = 30.0
-CLI = [sys.executable, "-m", "beaverq.impl.cli"]
+CLI = [sys.executable, "-m", "beaverq.impl.frontends.cli"]
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float = WAIT_S) -> None:

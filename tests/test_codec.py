@@ -1,4 +1,4 @@
-"""The codec: events and checkpoints to bytes and back (impl/codec.py).
+"""The codec: events and checkpoints to bytes and back (impl/storage/codec.py).
 
 The codec is the one place where the model's values become bytes on disk, so it
 must be exact both ways: every event of every type decodes to an equal event,
@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from storage_support import WORKLOAD_COMMANDS
 from strategies import histories, run
 
-from beaverq.impl.codec import (
+from beaverq.impl.storage.codec import (
     EVENT_TAG,
     CodecError,
     decode_checkpoint,

@@ -1,6 +1,7 @@
-"""The control channel (impl/control.py) and the Python API (impl/api.py), in-process:
-the protocol's answers, the socket's mode and cleanup, a stale socket, the runner-less
-path, and the README's ten lines.  Waiting is on conditions, never on sleeps."""
+"""The control channel (impl/frontends/control.py) and the Python API
+(impl/frontends/api.py), in-process: the protocol's answers, the socket's mode and
+cleanup, a stale socket, the runner-less path, and the README's ten lines.  Waiting is on
+conditions, never on sleeps."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from beaverq.impl import control
-from beaverq.impl.api import RunFailed, Runner, open_queue
-from beaverq.impl.control import CommandFailed, ControlServer, answer, execute
-from beaverq.impl.handlers import HandlerRegistry
+from beaverq.impl.frontends import control
+from beaverq.impl.frontends.api import RunFailed, Runner, open_queue
+from beaverq.impl.frontends.control import CommandFailed, ControlServer, answer, execute
+from beaverq.impl.runtime.handlers import HandlerRegistry
 
 
 def test_answer_maps_errors_to_one_line_and_never_raises(tmp_path: Path) -> None:
@@ -68,8 +69,8 @@ def test_a_held_lock_without_a_socket_names_the_holder(
     data_dir = str(tmp_path / "data")
     execute(data_dir, "enqueue", {"job": {"handler": "noop"}})
     monkeypatch.setattr(control, "RUNNER_STARTING_WAIT_S", 0.0)
-    from beaverq.impl.fs import RealFileSystem
-    from beaverq.impl.storage import Storage
+    from beaverq.impl.storage.fs import RealFileSystem
+    from beaverq.impl.storage.storage import Storage
 
     fs = RealFileSystem()
     storage, _state, _report = Storage.open(fs, data_dir)  # holds the lock, no socket

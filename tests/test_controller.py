@@ -3,7 +3,7 @@
 Three kinds of test:
 
 * deterministic (``step()`` with a ``FakeClock``, a ``FakePool`` and ``InlineCommit``
-  over the crashable file system): every rule of impl/controller.py checked one at a
+  over the crashable file system): every rule of impl/runtime/controller.py checked one at a
   time, then a Hypothesis run of random workloads with crashes, whose log must be a
   history the spec accepts and whose final state must be the model's fold of it;
 * the original design's integration test, in process, on a real data directory:
@@ -28,29 +28,25 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from sim.crashfs import NOTHING_UNSYNCED, CrashFS, CrashPolicy, HypothesisChooser, crash_policies
 
-from beaverq.impl.clock import FakeClock, SystemClock
-from beaverq.impl.controller import (
-    Controller,
-    ControllerFailed,
-    ControllerOptions,
-    ControllerStopped,
-    InlineCommit,
-    JobRequest,
-    group_commit_factory,
-)
-from beaverq.impl.fs import RealFileSystem
-from beaverq.impl.group_commit import GroupCommit
-from beaverq.impl.handlers import HandlerContext, HandlerRegistry, Outcome
-from beaverq.impl.storage import Storage
-from beaverq.impl.wal import WalFailed
-from beaverq.impl.workers import (
+from beaverq.impl.runtime.clock import SystemClock
+from beaverq.impl.runtime.committers import InlineCommit, group_commit_factory
+from beaverq.impl.runtime.controller import Controller
+from beaverq.impl.runtime.errors import ControllerFailed, ControllerStopped
+from beaverq.impl.runtime.handlers import HandlerContext, HandlerRegistry, Outcome
+from beaverq.impl.runtime.job_request import JobRequest
+from beaverq.impl.runtime.options import ControllerOptions
+from beaverq.impl.runtime.process_pool import ProcessPool
+from beaverq.impl.runtime.workers import (
     PoolClosed,
     PoolFull,
-    ProcessPool,
     Task,
     TaskResult,
     ThreadPool,
 )
+from beaverq.impl.storage.fs import RealFileSystem
+from beaverq.impl.storage.group_commit import GroupCommit
+from beaverq.impl.storage.storage import Storage
+from beaverq.impl.storage.wal import WalFailed
 from beaverq.model import (
     FINISHED,
     Event,
@@ -61,6 +57,7 @@ from beaverq.model import (
 )
 from beaverq.spec.history import check_history
 from beaverq.spec.invariants import check_all
+from beaverq.teaching.fake_clock import FakeClock
 
 DIRECTORY = "/data"
 WAIT_S = 30.0

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from beaverq.impl.demo import cli_has_run, job_mix, run_demo
+from beaverq.teaching.demo import job_mix, run_demo
 
 ACCOUNTING = (
     "accounting: enqueued and acknowledged 200; in the log 200; lost 0",
@@ -19,26 +19,17 @@ ACCOUNTING = (
 )
 
 
-def _run(tmp_path, capsys, runner: str) -> str:
+def test_demo_passes_with_beaverq_run(tmp_path, capsys):
     data_dir = tmp_path / "data"
-    argv = ["--jobs", "200", "--workers", "8", "--data-dir", str(data_dir), "--runner", runner]
+    argv = ["--jobs", "200", "--workers", "8", "--data-dir", str(data_dir)]
     status = run_demo([*argv, "--timeout", "60"])
     out = capsys.readouterr().out
     assert status == 0, out
     for expected in ACCOUNTING:
         assert expected in out, (expected, out)
+    assert "[2/5] run: runner pid" in out and "beaverq run" in out
     assert "[3/5] crash: SIGKILL" in out
     assert "recovered in" in out
-    return out
-
-
-def test_demo_passes_with_the_python_runner(tmp_path, capsys):
-    _run(tmp_path, capsys, "python")
-
-
-@pytest.mark.skipif(not cli_has_run(), reason="'beaverq run' is not in the CLI yet")
-def test_demo_passes_with_beaverq_run(tmp_path, capsys):
-    _run(tmp_path, capsys, "cli")
 
 
 def test_demo_refuses_a_used_data_dir(tmp_path, capsys):

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from beaverq.impl.dispatch_window import DispatchWindow
-from beaverq.impl.handlers import HandlerRegistry
-from beaverq.impl.workers import Task, ThreadPool
+from beaverq.impl.runtime.dispatch_window import DispatchWindow
+from beaverq.impl.runtime.handlers import HandlerRegistry
+from beaverq.impl.runtime.workers import Task, ThreadPool
 
 durations = st.floats(min_value=0.0, max_value=3600.0, allow_nan=False)
 
@@ -78,7 +78,7 @@ def test_a_window_refuses_impossible_bounds(workers: int, capacity: int, horizon
 
 
 def test_a_task_that_waited_in_the_queue_keeps_the_deadline_of_its_lease() -> None:
-    """Upholds: a handler never gets more time than its lease (impl/workers.py)."""
+    """Upholds: a handler never gets more time than its lease (impl/runtime/workers.py)."""
     seen: queue.Queue[tuple[float, float]] = queue.Queue()
     release = threading.Event()
     registry = HandlerRegistry()

@@ -26,7 +26,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sim.crashfs import CrashFS
 
-from beaverq.impl.fs import DataDirLocked, FileSystem, RealFileSystem
+from beaverq.impl.storage.fs import DataDirLocked, FileSystem, RealFileSystem
 
 
 @attrs.frozen

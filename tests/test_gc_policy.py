@@ -1,4 +1,4 @@
-"""The runner's GC policy (impl/gc_policy.py) and the fact it rests on.
+"""The runner's GC policy (impl/runtime/gc_policy.py) and the fact it rests on.
 
 The policy freezes the recovered state out of the cyclic collector's reach and runs
 that collector rarely.  That is only sound because the model's values form no
@@ -13,8 +13,7 @@ import gc
 from hypothesis import given
 from strategies import command_lists, run
 
-from beaverq.impl.codec import decode_checkpoint, encode_checkpoint
-from beaverq.impl.gc_policy import (
+from beaverq.impl.runtime.gc_policy import (
     FULL_EVERY,
     MIDDLE_EVERY,
     YOUNG_THRESHOLD,
@@ -22,6 +21,7 @@ from beaverq.impl.gc_policy import (
     tune_for_long_lived_state,
     tuning_holders,
 )
+from beaverq.impl.storage.codec import decode_checkpoint, encode_checkpoint
 from beaverq.model import Command
 from beaverq.model.checkpoint import checkpoint_of, restore
 
@@ -76,7 +76,7 @@ def test_nested_tunings_restore_only_when_the_last_is_released() -> None:
 
 
 def test_a_runner_tunes_the_collector_while_it_runs_and_restores_it(tmp_path) -> None:
-    from beaverq.impl.api import open_queue
+    from beaverq.impl.frontends.api import open_queue
 
     before = gc.get_threshold()
     queue = open_queue(str(tmp_path / "data"))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from beaverq.impl.handlers import (
+from beaverq.impl.runtime.handlers import (
     HandlerContext,
     HandlerRegistry,
     JobFailure,
@@ -266,7 +266,7 @@ def user_modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (package / "decorated.py").write_text(
         textwrap.dedent(
             """
-            from beaverq.impl.handlers import handler
+            from beaverq.impl.runtime.handlers import handler
 
             @handler()
             def greet(args, context):

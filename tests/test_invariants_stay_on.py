@@ -13,8 +13,8 @@ Method, three ways:
   hollow them out);
 * the default suite runs that command in a subprocess and requires it to pass with
   the interpreter really optimised;
-* a static scan: no ``assert`` statement is left in ``model/``, ``spec/`` or
-  ``impl/``, so no check there depends on the mode.
+* a static scan: no ``assert`` statement is left in ``model/``, ``spec/``,
+  ``impl/`` or ``teaching/``, so no check there depends on the mode.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from beaverq.model.checkpoint import checkpoint_of, restore
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPECT_OPTIMIZED = "BEAVERQ_EXPECT_OPTIMIZED"
-CHECKED_FOLDERS = ("model", "spec", "impl")
+CHECKED_FOLDERS = ("model", "spec", "impl", "teaching")
 
 
 def _enqueued_at(lsn: int):

@@ -10,8 +10,8 @@
    cancelled; no completion was recorded twice in the whole log; every completed
    ``shell`` job's side effect (a line appended to a file) happened at least once.
 
-The runners are watched through their metrics endpoint (``impl/metrics.py``); the
-whole WAL is kept by hard links while they run (``impl/demo.py``, ``WalArchive``), so
+The runners are watched through their metrics endpoint (``impl/frontends/metrics.py``); the
+whole WAL is kept by hard links while they run (``teaching/demo_runner.py``, ``WalArchive``), so
 the history is checked from LSN 1 although snapshots compact the live directory.
 
 Producers.  An acknowledged enqueue needs a runner-side path while a runner holds
@@ -39,7 +39,7 @@ from pathlib import Path
 
 import pytest
 
-from beaverq.impl.demo import WalArchive, scrape
+from beaverq.teaching.demo_runner import WalArchive, scrape
 
 THIS_FILE = os.path.abspath(__file__)
 WAIT_S = 60.0
@@ -115,9 +115,9 @@ def count(samples: dict[str, float], state: str) -> int:
 
 
 def whole_log(archive: WalArchive) -> list:
-    from beaverq.impl.codec import decode_event
-    from beaverq.impl.fs import RealFileSystem
-    from beaverq.impl.wal_reader import read_wal
+    from beaverq.impl.storage.codec import decode_event
+    from beaverq.impl.storage.fs import RealFileSystem
+    from beaverq.impl.storage.wal_reader import read_wal
 
     contents = read_wal(RealFileSystem(), archive.directory, after_lsn=0, after_chain_crc=0)
     events = [decode_event(record.payload) for record in contents.records]
@@ -132,8 +132,8 @@ def open_offline(data_dir: Path):
     ``shell`` job's child caught between fork and exec shares the runner's open file
     description of LOCK (flock locks belong to it, not to a process) until its exec
     closes it (O_CLOEXEC).  So the lock is waited for, with a deadline."""
-    from beaverq.impl.fs import DataDirLocked, RealFileSystem
-    from beaverq.impl.storage import Storage
+    from beaverq.impl.storage.fs import DataDirLocked, RealFileSystem
+    from beaverq.impl.storage.storage import Storage
 
     opened = None
 
@@ -168,19 +168,18 @@ def check_log(archive: WalArchive, state) -> list:
 
 
 def test_add_100_wait_50_sigkill_restart_recover_under_3s_rest_complete(tmp_path):
-    from beaverq.impl.controller import Controller
-    from beaverq.impl.demo import Runner, cli_has_run
-    from beaverq.impl.handlers import HandlerRegistry
-    from beaverq.impl.workers import ThreadPool
+    from beaverq.impl.runtime.controller import Controller
+    from beaverq.impl.runtime.handlers import HandlerRegistry
+    from beaverq.impl.runtime.workers import ThreadPool
+    from beaverq.teaching.demo_runner import Runner
 
     data_dir = tmp_path / "data"
     archive = WalArchive(str(data_dir), str(tmp_path / "archive"))
     with Controller.open(str(data_dir), ThreadPool(HandlerRegistry(), 1)) as producer:
         ids = producer.enqueue_batch([{"handler": "sleep", "args": {"seconds": 0.05}}] * 100)
     archive.sync()
-    use_cli = cli_has_run()
 
-    runner = Runner(str(data_dir), 2, use_cli, str(tmp_path / "runner-1.log"))
+    runner = Runner(str(data_dir), 2, str(tmp_path / "runner-1.log"))
     try:
         runner.wait_serving(time.monotonic() + WAIT_S)
         at_kill: dict[str, float] = {}
@@ -198,7 +197,7 @@ def test_add_100_wait_50_sigkill_restart_recover_under_3s_rest_complete(tmp_path
     assert runner.process.returncode == -signal.SIGKILL
     assert count(at_kill, "completed") < 100, "the crash came too late to test anything"
 
-    runner = Runner(str(data_dir), 2, use_cli, str(tmp_path / "runner-2.log"))
+    runner = Runner(str(data_dir), 2, str(tmp_path / "runner-2.log"))
     try:
         samples = runner.wait_serving(time.monotonic() + WAIT_S)
         assert samples["queue_recovery_duration_seconds"] < RECOVERY_MAX_S
@@ -339,10 +338,11 @@ def campaign_runner(argv: list[str]) -> int:
     """``runner DATA_DIR ACKS EFFECTS SEED PORT produce|drain``: a runner (shell allowed)
     with metrics; with ``produce``, two producer threads enqueue mixed jobs and log each
     acknowledged id.  Runs until SIGTERM (graceful stop, exit 0) or SIGKILL."""
-    from beaverq.impl.controller import Controller, JobRequest
-    from beaverq.impl.handlers import HandlerRegistry
-    from beaverq.impl.metrics import Metrics, serve_metrics
-    from beaverq.impl.workers import ThreadPool
+    from beaverq.impl.frontends.metrics import Metrics, serve_metrics
+    from beaverq.impl.runtime.controller import Controller
+    from beaverq.impl.runtime.handlers import HandlerRegistry
+    from beaverq.impl.runtime.job_request import JobRequest
+    from beaverq.impl.runtime.workers import ThreadPool
     from beaverq.model import Rejected
 
     data_dir, acks_path, effects_path, seed, port, mode = argv

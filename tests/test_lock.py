@@ -1,4 +1,4 @@
-"""The data directory lock (impl/fs.py ``RealFileSystem.lock``, impl/storage.py).
+"""The data directory lock (impl/storage/fs.py ``RealFileSystem.lock``, impl/storage/storage.py).
 
 Two processes writing one WAL would interleave frames and break the chain, so a
 data directory has one writer: ``Storage.open`` takes an exclusive ``flock`` on
@@ -23,16 +23,16 @@ import time
 import pytest
 from storage_support import workload_events, write_log
 
-from beaverq.impl.fs import DataDirLocked, RealFileSystem
-from beaverq.impl.storage import LOCK_NAME, Storage
-from beaverq.impl.wal_reader import WalCorrupt
+from beaverq.impl.storage.fs import DataDirLocked, RealFileSystem
+from beaverq.impl.storage.storage import LOCK_NAME, Storage
+from beaverq.impl.storage.wal_reader import WalCorrupt
 
 DEADLINE_S = 60.0  # generous: only a broken test waits this long
 
 HOLDER = r"""
 import sys
-from beaverq.impl.fs import DataDirLocked, RealFileSystem
-from beaverq.impl.storage import Storage
+from beaverq.impl.storage.fs import DataDirLocked, RealFileSystem
+from beaverq.impl.storage.storage import Storage
 
 fs = RealFileSystem()
 try:

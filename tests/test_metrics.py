@@ -17,10 +17,11 @@ from collections.abc import Callable, Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from beaverq.impl.controller import Controller, ControllerOptions
-from beaverq.impl.handlers import HandlerRegistry
-from beaverq.impl.metrics import METRIC_NAMES, Metrics, serve_metrics
-from beaverq.impl.workers import ThreadPool
+from beaverq.impl.frontends.metrics import METRIC_NAMES, Metrics, serve_metrics
+from beaverq.impl.runtime.controller import Controller
+from beaverq.impl.runtime.handlers import HandlerRegistry
+from beaverq.impl.runtime.options import ControllerOptions
+from beaverq.impl.runtime.workers import ThreadPool
 
 WAIT_S = 20.0
 

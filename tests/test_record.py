@@ -1,4 +1,4 @@
-"""WAL record framing (impl/record.py): bytes in, a record or a precise verdict out.
+"""WAL record framing (impl/storage/record.py): bytes in, a record or a precise verdict out.
 
 The frame is what stands between a damaged disk and a wrong replay.  These tests
 check its promises one by one: a frame decodes to exactly what was encoded; every
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from beaverq.impl.record import (
+from beaverq.impl.storage.record import (
     ALIGNMENT,
     HEADER,
     HEADER_BYTES,

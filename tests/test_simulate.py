@@ -1,4 +1,4 @@
-"""The deterministic simulation (impl/simulate.py): reproducible, complete, self-checking."""
+"""The deterministic simulation (teaching/simulate.py): reproducible, complete, self-checking."""
 
 import os
 import re
@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from beaverq.impl import simulate as simulate_module
-from beaverq.impl.fake_clock import FakeClock
-from beaverq.impl.simulate import SimulationFailed, simulate
 from beaverq.model import FINISHED, JobFailed, LeaseAbandoned, LeaseExpired, QueuePaused
+from beaverq.teaching import simulate as simulate_module
+from beaverq.teaching.fake_clock import FakeClock
+from beaverq.teaching.simulate import SimulationFailed, simulate
 
 
 def _console_script() -> str:

@@ -1,4 +1,4 @@
-"""Snapshots (impl/snapshot.py) and recovery's use of them (impl/storage.py).
+"""Snapshots (impl/storage/snapshot.py) and recovery's use of them (impl/storage/storage.py).
 
 A snapshot is written to a temporary name, fsynced, renamed into place and the
 directory fsynced, so a reader sees a whole snapshot or none.  Its header and body
@@ -28,9 +28,9 @@ from storage_support import (
     write_log,
 )
 
-from beaverq.impl.codec import SCHEMA_VERSION
-from beaverq.impl.fs import RealFileSystem, StorageError
-from beaverq.impl.snapshot import (
+from beaverq.impl.storage.codec import SCHEMA_VERSION
+from beaverq.impl.storage.fs import RealFileSystem, StorageError
+from beaverq.impl.storage.snapshot import (
     COMPRESSIONS,
     FORMAT_VERSION,
     HEADER,
@@ -42,8 +42,8 @@ from beaverq.impl.snapshot import (
     snapshot_name,
     write_snapshot,
 )
-from beaverq.impl.storage import Storage, StorageOptions
-from beaverq.impl.wal_reader import WalCorrupt
+from beaverq.impl.storage.storage import Storage, StorageOptions
+from beaverq.impl.storage.wal_reader import WalCorrupt
 from beaverq.model import evolve
 
 # -- The file format. -----------------------------------------------------------------------

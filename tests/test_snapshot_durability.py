@@ -27,7 +27,7 @@ import pytest
 from sim.crashfs import ALL_POLICIES, CrashFS, all_crash_states
 from sim.workload import CrashPoint, SimulatedCrash
 
-from beaverq.impl.snapshot import (
+from beaverq.impl.storage.snapshot import (
     LoadedSnapshot,
     decode_snapshot,
     encode_snapshot,

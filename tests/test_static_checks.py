@@ -8,10 +8,10 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # Folders that ruff checks, if they exist.
-LINTED_DIRS = ("model", "impl", "spec", "tests", "benchmarks", "tools", "docs")
+LINTED_DIRS = ("model", "impl", "spec", "teaching", "tests", "benchmarks", "tools", "docs")
 
 # Subpackages of the `beaverq` namespace package, each backed by a root folder of the same name.
-SUBPACKAGES = ("model", "spec", "impl")
+SUBPACKAGES = ("model", "spec", "impl", "teaching")
 
 
 def _run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
@@ -32,12 +32,14 @@ def test_ruff_is_clean() -> None:
     _run([sys.executable, "-m", "ruff", "check", "--no-cache", *dirs], cwd=REPO_ROOT)
 
 
-def test_mypy_strict_on_pure_core(tmp_path: Path) -> None:
-    """Goal: ``beaverq.model`` and ``beaverq.spec`` pass ``mypy --strict``.
+def test_mypy_strict_on_every_package(tmp_path: Path) -> None:
+    """Goal: ``beaverq.model``, ``beaverq.spec``, the shell ``beaverq.impl`` and the
+    teaching tools ``beaverq.teaching`` pass ``mypy --strict``.
 
-    Method: mypy cannot follow the import hook of a setuptools editable install, so this test
-    builds ``tmp/beaverq/{model,spec,impl}`` as symlinks to the repo folders. It then runs mypy on
-    the two packages with MYPYPATH pointing at ``tmp``, using the config in pyproject.toml.
+    Method: mypy cannot follow the import hook of a setuptools editable install, so this
+    test builds ``tmp/beaverq/{model,spec,impl,teaching}`` as symlinks to the repo folders.
+    It then runs mypy on the packages with MYPYPATH pointing at ``tmp``, using the config in
+    pyproject.toml.
     """
     namespace = tmp_path / "beaverq"
     namespace.mkdir()
@@ -58,6 +60,10 @@ def test_mypy_strict_on_pure_core(tmp_path: Path) -> None:
             "beaverq.model",
             "-p",
             "beaverq.spec",
+            "-p",
+            "beaverq.impl",
+            "-p",
+            "beaverq.teaching",
         ],
         cwd=tmp_path,
         env=env,

@@ -1,4 +1,4 @@
-"""Storage (impl/storage.py): open, append, flush, snapshot, compact, close, reopen.
+"""Storage (impl/storage/storage.py): open, append, flush, snapshot, compact, close, reopen.
 
 Storage makes no lifecycle decision: what it recovers must be exactly the model's
 fold of the events it was given, whatever the batching, segment size, snapshots
@@ -30,17 +30,17 @@ from storage_support import (
 )
 from strategies import histories
 
-from beaverq.impl.codec import SCHEMA_VERSION
-from beaverq.impl.fs import RealFileSystem, StorageError
-from beaverq.impl.record import RecordKind, encode_frame
-from beaverq.impl.segments import (
+from beaverq.impl.storage.codec import SCHEMA_VERSION
+from beaverq.impl.storage.fs import RealFileSystem, StorageError
+from beaverq.impl.storage.record import RecordKind, encode_frame
+from beaverq.impl.storage.segments import (
     SEGMENT_HEADER,
     decode_segment_header,
     parse_segment_name,
 )
-from beaverq.impl.snapshot import decode_snapshot, list_snapshots
-from beaverq.impl.storage import LOCK_NAME, Storage, StorageOptions
-from beaverq.impl.wal_reader import read_wal
+from beaverq.impl.storage.snapshot import decode_snapshot, list_snapshots
+from beaverq.impl.storage.storage import LOCK_NAME, Storage, StorageOptions
+from beaverq.impl.storage.wal_reader import read_wal
 from beaverq.model import evolve, initial_state
 from beaverq.model.errors import BrokenInvariant
 
@@ -249,7 +249,7 @@ def test_a_snapshot_of_a_state_that_is_not_the_durable_log_is_refused(scratch):
     """Goal: take_snapshot only accepts the state of exactly the durable log.
 
     Method: append events, then ask for a snapshot of the state before them
-    (take_snapshot flushes first, so the durable log is ahead): AssertionError,
+    (take_snapshot flushes first, so the durable log is ahead): BrokenInvariant,
     and no snapshot file appears.
     """
     directory = os.path.join(scratch, "data")

@@ -53,9 +53,10 @@ from sim.workload import (
     without_lock,
 )
 
-from beaverq.impl.fs import StorageError
-from beaverq.impl.storage import Storage, StorageOptions
+from beaverq.impl.storage.fs import StorageError
+from beaverq.impl.storage.storage import Storage, StorageOptions
 from beaverq.model import Complete, Enqueue, Lease
+from beaverq.model.errors import BrokenInvariant
 
 OPERATIONS = ("enqueue", "lease", "complete", "flush", "snapshot")
 LENGTH_MAX = 3
@@ -135,7 +136,7 @@ def check_crash_point(workload: Sequence[str], budget: int) -> int:
         try:
             storage, state, report = Storage.open(image, DATA_DIR, OPTIONS)
             check_recovery(image, state, report, history)
-        except (AssertionError, StorageError) as error:
+        except (AssertionError, BrokenInvariant, StorageError) as error:
             sizes = {path: len(image.read(path)) for path in segment_paths(image)}
             pytest.fail(
                 f"workload {list(workload)}, crash before mutating call {budget + 1}, "

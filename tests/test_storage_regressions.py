@@ -20,8 +20,8 @@ from sim.workload import (
     without_lock,
 )
 
-from beaverq.impl.storage import Storage, StorageOptions
-from beaverq.impl.wal_reader import WalCorrupt
+from beaverq.impl.storage.storage import Storage, StorageOptions
+from beaverq.impl.storage.wal_reader import WalCorrupt
 from beaverq.model import Enqueue
 
 

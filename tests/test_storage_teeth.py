@@ -4,7 +4,7 @@ Each test here exists because a known-bad change to ``impl/`` survived the rest 
 suite; the mutation it catches is named in its docstring (``docs/mutations.md`` has the
 table).
 
-* Group commit (``impl/group_commit.py``) answers a producer only after the fsync that
+* Group commit (``impl/storage/group_commit.py``) answers a producer only after the fsync that
   covers its events has returned.  The stateful crash test drives ``Storage.flush``,
   which runs the write, the fsync and the publication in one call; the flusher thread
   of ``GroupCommit`` runs them as three separate steps and could publish too early.
@@ -23,8 +23,8 @@ from typing import Any
 from sim.crashfs import ALL_POLICIES, NOTHING_UNSYNCED, CrashFS, all_crash_states
 from sim.workload import DATA_DIR, History, Process, check_recovery, segment_paths
 
-from beaverq.impl.group_commit import GroupCommit
-from beaverq.impl.storage import Storage, StorageOptions
+from beaverq.impl.storage.group_commit import GroupCommit
+from beaverq.impl.storage.storage import Storage, StorageOptions
 from beaverq.model import Enqueue, decide, evolve
 
 TIMEOUT_S = 30.0

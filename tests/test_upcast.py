@@ -26,12 +26,12 @@ import pytest
 from hypothesis import given, settings
 from strategies import histories, replay_all
 
-from beaverq.impl.codec import SCHEMA_VERSION, decode_checkpoint, decode_schema1_event
-from beaverq.impl.fs import RealFileSystem
-from beaverq.impl.record import decode_frame
-from beaverq.impl.segments import decode_segment_header
-from beaverq.impl.storage import Storage
-from beaverq.impl.wal_reader import read_wal
+from beaverq.impl.storage.codec import SCHEMA_VERSION, decode_checkpoint, decode_schema1_event
+from beaverq.impl.storage.fs import RealFileSystem
+from beaverq.impl.storage.record import decode_frame
+from beaverq.impl.storage.segments import decode_segment_header
+from beaverq.impl.storage.storage import Storage
+from beaverq.impl.storage.wal_reader import read_wal
 from beaverq.model import Enqueue, Lease, State, decide, evolve, initial_state
 from beaverq.model.checkpoint import checkpoint_of
 from beaverq.model.endings import AttemptEnding

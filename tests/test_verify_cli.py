@@ -15,11 +15,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from beaverq.impl.fs import RealFileSystem
-from beaverq.impl.storage import Storage, StorageOptions
+from beaverq.impl.storage.fs import RealFileSystem
+from beaverq.impl.storage.storage import Storage, StorageOptions
 from beaverq.model import Enqueue, Lease, decide, evolve
 
-BEAVERQ = [sys.executable, "-m", "beaverq.impl.cli"]
+BEAVERQ = [sys.executable, "-m", "beaverq.impl.frontends.cli"]
 
 
 def _build(directory: Path, jobs: int = 30) -> None:

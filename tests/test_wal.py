@@ -1,4 +1,4 @@
-"""The WAL's append side (impl/wal.py), read back through ``read_wal``.
+"""The WAL's append side (impl/storage/wal.py), read back through ``read_wal``.
 
 What the writer promises: events appended and flushed come back from the files in
 order and unchanged; one fsync covers a whole batch (group commit) and nothing is
@@ -25,13 +25,13 @@ from storage_support import (
 )
 from strategies import histories
 
-from beaverq.impl.codec import SCHEMA_VERSION, decode_event, encode_event
-from beaverq.impl.fs import RealFileSystem
-from beaverq.impl.record import FrameProblem, Record, RecordKind, decode_frame
-from beaverq.impl.segments import decode_segment_header, parse_segment_name
-from beaverq.impl.storage import Storage
-from beaverq.impl.wal import WalFailed, WalWriter
-from beaverq.impl.wal_reader import read_wal
+from beaverq.impl.storage.codec import SCHEMA_VERSION, decode_event, encode_event
+from beaverq.impl.storage.fs import RealFileSystem
+from beaverq.impl.storage.record import FrameProblem, Record, RecordKind, decode_frame
+from beaverq.impl.storage.segments import decode_segment_header, parse_segment_name
+from beaverq.impl.storage.storage import Storage
+from beaverq.impl.storage.wal import WalFailed, WalWriter
+from beaverq.impl.storage.wal_reader import read_wal
 
 
 def new_writer(fs, directory, segment_bytes_max=1 << 20):

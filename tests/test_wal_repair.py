@@ -1,4 +1,4 @@
-"""The damage policy of recovery (impl/wal_reader.py, impl/storage.py), etcd style.
+"""The damage policy of recovery (impl/storage/wal_reader.py, impl/storage/storage.py), etcd style.
 
 A table of corrupting functions ``corrupt(path, offset)`` is applied to a real data
 directory, at every byte offset where it makes sense, and recovery is checked
@@ -42,16 +42,16 @@ from storage_support import (
 )
 from strategies import run
 
-from beaverq.impl.codec import encode_event
-from beaverq.impl.record import (
+from beaverq.impl.storage.codec import encode_event
+from beaverq.impl.storage.record import (
     ALIGNMENT,
     HEADER_BYTES,
     RecordKind,
     encode_frame,
     find_valid_frames_after,
 )
-from beaverq.impl.storage import Storage, StorageOptions
-from beaverq.impl.wal_reader import WalCorrupt
+from beaverq.impl.storage.storage import Storage, StorageOptions
+from beaverq.impl.storage.wal_reader import WalCorrupt
 from beaverq.model import Enqueue, Fail, Lease, evolve, replay
 
 SECTOR = 512

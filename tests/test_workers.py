@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from beaverq.impl.handlers import HandlerContext, HandlerRegistry, Outcome
-from beaverq.impl.workers import (
+from beaverq.impl.runtime.handlers import HandlerContext, HandlerRegistry, Outcome
+from beaverq.impl.runtime.process_pool import ProcessPool
+from beaverq.impl.runtime.workers import (
     PoolClosed,
     PoolFull,
-    ProcessPool,
     Task,
     TaskResult,
     ThreadPool,
@@ -249,7 +249,7 @@ def process_handlers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Handler
         textwrap.dedent(
             """
             import os, time
-            from beaverq.impl.handlers import handler
+            from beaverq.impl.runtime.handlers import handler
 
             @handler("stubborn")
             def stubborn(args, context):

@@ -17,7 +17,7 @@ test files (the tests that should notice it, cheapest first).  For each one:
    and caches); every replacement is applied to the copy, and its "before" text must
    occur exactly once, so a patch cannot apply silently to the wrong place or rot;
 2. the package is installed editable from ``/work/main``, so the copy gets its own
-   import root: ``<copy>/_pkgroot/beaverq/{model,impl,spec}`` are symlinks into the
+   import root: ``<copy>/_pkgroot/beaverq/{model,impl,spec,teaching}`` are symlinks into the
    copy, and pytest runs in the copy with ``PYTHONPATH=<copy>/_pkgroot`` (the path
    finder comes before the editable finder in ``sys.meta_path``).  A small pytest
    plugin (``-p _mutate_probe``) checks at start-up that ``beaverq.model``,
@@ -56,7 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("model", "impl", "spec")
+PACKAGES = ("model", "impl", "spec", "teaching")
 PROBE_MODULE = "_mutate_probe"
 DOC = ROOT / "docs" / "mutations.md"
 TIMEOUT_S_DEFAULT = 900
@@ -156,10 +156,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "1",
         "skip the directory fsync after rename",
-        "impl/snapshot.py `write_snapshot`",
+        "impl/storage/snapshot.py `write_snapshot`",
         (
             Edit(
-                "impl/snapshot.py",
+                "impl/storage/snapshot.py",
                 "    fs.rename(temporary, final)\n    fs.fsync_dir(directory)\n    return final\n",
                 "    fs.rename(temporary, final)\n    return final\n",
             ),
@@ -177,10 +177,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "2a",
         "acknowledge before fsync: publish the durable LSN, then write",
-        "impl/wal.py `WalWriter.flush`",
+        "impl/storage/wal.py `WalWriter.flush`",
         (
             Edit(
-                "impl/wal.py",
+                "impl/storage/wal.py",
                 "            self.write_batch(batch)\n            self.complete_batch(batch)\n",
                 "            self.complete_batch(batch)\n            self.write_batch(batch)\n",
             ),
@@ -193,10 +193,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "2b",
         "acknowledge without the fsync that covers the batch",
-        "impl/wal.py `WalWriter.write_batch`",
+        "impl/storage/wal.py `WalWriter.write_batch`",
         (
             Edit(
-                "impl/wal.py",
+                "impl/storage/wal.py",
                 "            assert current is not None\n"
                 "            if unsynced:\n"
                 "                self._fs.fsync(current)\n",
@@ -209,10 +209,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "2c",
         "acknowledge before fsync, in the group-commit flusher",
-        "impl/group_commit.py `GroupCommit._run`",
+        "impl/storage/group_commit.py `GroupCommit._run`",
         (
             Edit(
-                "impl/group_commit.py",
+                "impl/storage/group_commit.py",
                 "            started = time.perf_counter()\n            try:\n",
                 "            started = time.perf_counter()\n"
                 "            with self._lock:\n"
@@ -230,27 +230,27 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "2d",
         "acknowledge before fsync, in the controller: enqueue returns before its event is durable",
-        "impl/controller.py `Controller._run_one`",
+        "impl/runtime/controller.py `Controller._run_one`",
         (
             Edit(
-                "impl/controller.py",
+                "impl/runtime/controller.py",
                 "        outcomes, lsn, committer = self._apply(lambda now: [make_command(now)])\n"
                 "        self._wait_durable(committer, lsn)\n",
                 "        outcomes, lsn, committer = self._apply(lambda now: [make_command(now)])\n",
             ),
         ),
         (CONTROLLER,),
-        "The runtime's answer to a producer (R2 of `impl/controller.py`) no longer waits "
+        "The runtime's answer to a producer (R2 of `impl/runtime/controller.py`) no longer waits "
         "for the fsync: a crash loses an enqueue that was answered.",
     ),
     Mutation(
         "3a",
         "apply before append: a lease takes effect (its job reaches a worker) before its "
         "event is in the durable log",
-        "impl/controller.py `Controller._dispatch`",
+        "impl/runtime/controller.py `Controller._dispatch_once`",
         (
             Edit(
-                "impl/controller.py",
+                "impl/runtime/controller.py",
                 "        # R2: the worker starts only once the lease is in the log.\n"
                 "        self._wait_durable(committer, lsn)\n"
                 "        for task in tasks:\n",
@@ -258,7 +258,7 @@ MUTATIONS: tuple[Mutation, ...] = (
             ),
         ),
         (CONTROLLER,),
-        "The runtime (`impl/controller.py`) orders decide, append (frame), publish the "
+        "The runtime (`impl/runtime/controller.py`) orders decide, append (frame), publish the "
         "evolved state, wait until durable, then act.  A state change *takes effect* "
         "when something outside the process sees it: here, a worker starting the "
         "attempt a `LeaseGranted` records.  Without the wait, a crash can lose the "
@@ -270,15 +270,15 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "3b",
         "apply before append: snapshot an applied state whose events are not in the durable log",
-        "impl/storage.py `Storage.take_snapshot`",
+        "impl/storage/storage.py `Storage.take_snapshot`",
         (
             Edit(
-                "impl/storage.py",
+                "impl/storage/storage.py",
                 "        self.flush()\n" + SNAPSHOT_CHECK,
                 "",
             ),
             Edit(
-                "impl/storage.py",
+                "impl/storage/storage.py",
                 "            self._writer.durable_event_chain_crc,\n",
                 "            self._writer._event_chain_crc,\n",
             ),
@@ -293,10 +293,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "3c",
         "apply before append: accept a snapshot of a state ahead of the durable log",
-        "impl/storage.py `Storage.take_snapshot`",
+        "impl/storage/storage.py `Storage.take_snapshot`",
         (
             Edit(
-                "impl/storage.py",
+                "impl/storage/storage.py",
                 SNAPSHOT_CHECK,
                 "",
             ),
@@ -308,26 +308,30 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "4a",
         "skip the frame CRC check",
-        "impl/record.py `decode_frame`",
-        (Edit("impl/record.py", "    if expected != frame_crc:\n", "    if False:\n"),),
+        "impl/storage/record.py `decode_frame`",
+        (Edit("impl/storage/record.py", "    if expected != frame_crc:\n", "    if False:\n"),),
         (RECORD, REPAIR, WAL, CRASH),
         "A damaged payload or header decodes as a valid frame.",
     ),
     Mutation(
         "4b",
         "skip the chain CRC check",
-        "impl/record.py `decode_frame`",
-        (Edit("impl/record.py", "        if linked != chain_crc:\n", "        if False:\n"),),
+        "impl/storage/record.py `decode_frame`",
+        (
+            Edit(
+                "impl/storage/record.py", "        if linked != chain_crc:\n", "        if False:\n"
+            ),
+        ),
         (RECORD, REPAIR, CRASH),
         "A deleted, duplicated, reordered or spliced frame, each intact on its own, is accepted.",
     ),
     Mutation(
         "4c",
         "forget the chain check across segments",
-        "impl/wal_reader.py `_Reader.read_segment`",
+        "impl/storage/wal_reader.py `_Reader.read_segment`",
         (
             Edit(
-                "impl/wal_reader.py",
+                "impl/storage/wal_reader.py",
                 "        if (previous is not None or base_lsn == self.after_lsn) and (\n"
                 "            header.previous_chain_crc != known_chain\n"
                 "        ):\n",
@@ -342,10 +346,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "4d",
         "skip the snapshot body CRC check",
-        "impl/snapshot.py `decode_snapshot`",
+        "impl/storage/snapshot.py `decode_snapshot`",
         (
             Edit(
-                "impl/snapshot.py",
+                "impl/storage/snapshot.py",
                 "    if crc32c.crc32c(stored) != body_crc:\n",
                 "    if False:\n",
             ),
@@ -380,10 +384,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "5c",
         "replay without any LSN guard, in storage recovery too",
-        "impl/wal_reader.py `_Reader.read_segment` + model/evolve.py",
+        "impl/storage/wal_reader.py `_Reader.read_segment` + model/evolve.py",
         (
             Edit(
-                "impl/wal_reader.py",
+                "impl/storage/wal_reader.py",
                 "            if lsn > self.after_lsn:\n",
                 "            if True:\n",
             ),
@@ -420,10 +424,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "6a",
         "delete WAL segments before the snapshot is durable",
-        "impl/storage.py `Storage.take_snapshot`",
+        "impl/storage/storage.py `Storage.take_snapshot`",
         (
             Edit(
-                "impl/storage.py",
+                "impl/storage/storage.py",
                 "        path = write_snapshot(self._fs, self._directory, state.last_lsn, data)\n"
                 "        self._writer.rotate()\n"
                 "        self._writer.flush()\n"
@@ -447,10 +451,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "6b",
         "delete WAL segments the older kept snapshot still needs",
-        "impl/storage.py `Storage._compact`",
+        "impl/storage/storage.py `Storage._compact`",
         (
             Edit(
-                "impl/storage.py",
+                "impl/storage/storage.py",
                 "        oldest_kept_lsn = kept[-1].lsn\n",
                 "        oldest_kept_lsn = kept[0].lsn\n",
             ),
@@ -462,8 +466,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "6c",
         "rename the snapshot before its bytes are durable",
-        "impl/snapshot.py `write_snapshot`",
-        (Edit("impl/snapshot.py", "    fs.fsync(temporary)\n", ""),),
+        "impl/storage/snapshot.py `write_snapshot`",
+        (Edit("impl/storage/snapshot.py", "    fs.fsync(temporary)\n", ""),),
         (DURABILITY, SNAPSHOT, EXHAUSTIVE, CRASH),
         "The name is made durable, the data is not: a crash leaves an empty or partial "
         "snapshot, and the segments its predecessor needed may already be deleted.",
@@ -471,10 +475,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "7a",
         "truncate on mid-log damage: damage in a sealed segment taken for a torn tail",
-        "impl/wal_reader.py `_Reader._damage`",
+        "impl/storage/wal_reader.py `_Reader._damage`",
         (
             Edit(
-                "impl/wal_reader.py",
+                "impl/storage/wal_reader.py",
                 "        if not is_last:\n"
                 '            raise WalCorrupt(path, offset, f"{problem} (in a sealed segment)")\n',
                 "",
@@ -487,10 +491,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "7b",
         "truncate on mid-log damage: the `synced_lsn` evidence ignored",
-        "impl/wal_reader.py `_Reader._damage`",
+        "impl/storage/wal_reader.py `_Reader._damage`",
         (
             Edit(
-                "impl/wal_reader.py",
+                "impl/storage/wal_reader.py",
                 "        for evidence in find_valid_frames_after(data, offset):\n",
                 "        for evidence in ():\n",
             ),
@@ -502,10 +506,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "7c",
         "truncate on mid-log damage: a damaged last-segment header drops the segment",
-        "impl/wal_reader.py `_segment_header`",
+        "impl/storage/wal_reader.py `_segment_header`",
         (
             Edit(
-                "impl/wal_reader.py",
+                "impl/storage/wal_reader.py",
                 "        if is_last and not find_valid_frames_after(data, 0):\n",
                 "        if is_last:\n",
             ),
@@ -519,10 +523,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "8",
         "rotation does not seal (fsync) the old segment before creating the new one",
-        "impl/wal.py `WalWriter.write_batch`",
+        "impl/storage/wal.py `WalWriter.write_batch`",
         (
             Edit(
-                "impl/wal.py",
+                "impl/storage/wal.py",
                 "                    if current is not None and unsynced:\n"
                 "                        # Seal the old segment before the new one can exist.\n"
                 "                        self._fs.fsync(current)\n",
@@ -539,10 +543,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "9",
         "a new segment's name is not made durable before its events are acknowledged",
-        "impl/wal.py `WalWriter.write_batch`",
+        "impl/storage/wal.py `WalWriter.write_batch`",
         (
             Edit(
-                "impl/wal.py",
+                "impl/storage/wal.py",
                 "            if created:\n"
                 "                # The new name must be durable before any event in it is "
                 "acknowledged.\n"
@@ -556,8 +560,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "10",
         "retry and trust after a failed fsync",
-        "impl/wal.py `WalWriter.write_batch`",
-        (Edit("impl/wal.py", "            self._failure = failure\n", ""),),
+        "impl/storage/wal.py `WalWriter.write_batch`",
+        (Edit("impl/storage/wal.py", "            self._failure = failure\n", ""),),
         (WAL, CRASH),
         "After a failed fsync the WAL keeps accepting work; the kernel may have dropped "
         'the failed pages and marked them clean, so a later fsync "succeeds" without '
@@ -566,10 +570,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "11",
         "recovery does not make its cut of a torn tail durable",
-        "impl/storage.py `_cut_torn_tail`",
+        "impl/storage/storage.py `_cut_torn_tail`",
         (
             Edit(
-                "impl/storage.py",
+                "impl/storage/storage.py",
                 "        fs.truncate(torn.path, torn.offset)\n        fs.fsync(torn.path)\n",
                 "        fs.truncate(torn.path, torn.offset)\n",
             ),
@@ -581,10 +585,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "12",
         "frames claim every earlier frame durable (`synced_lsn` = the appended LSN)",
-        "impl/wal.py `WalWriter.append`",
+        "impl/storage/wal.py `WalWriter.append`",
         (
             Edit(
-                "impl/wal.py",
+                "impl/storage/wal.py",
                 "            RecordKind.EVENT, lsn, self.durable_lsn, payload, self.chain_crc\n",
                 "            RecordKind.EVENT, lsn, self.appended_lsn, payload, self.chain_crc\n",
             ),
@@ -598,10 +602,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "13",
         "a new segment's header is not made durable before its events are written",
-        "impl/wal.py `WalWriter.write_batch`",
+        "impl/storage/wal.py `WalWriter.write_batch`",
         (
             Edit(
-                "impl/wal.py",
+                "impl/storage/wal.py",
                 "                    self._fs.append(chunk.path, data[:SEGMENT_HEADER_FRAME_BYTES])"
                 "\n"
                 "                    self._fs.fsync(chunk.path)\n"
@@ -662,10 +666,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "15",
         "reads answer from the published state without waiting for it to be durable",
-        "impl/controller.py `Controller._durable_state`",
+        "impl/runtime/controller.py `Controller._durable_state`",
         (
             Edit(
-                "impl/controller.py",
+                "impl/runtime/controller.py",
                 "            state, committer = self._state, self._committer\n"
                 "        self._wait_durable(committer, state.last_lsn)\n"
                 "        return state\n",
@@ -682,12 +686,12 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "16",
         "a task that never started is counted as a failed attempt",
-        "impl/controller.py `Controller._process_results`",
+        "impl/runtime/loops.py `process_results`",
         (
             Edit(
-                "impl/controller.py",
-                "                if not result.started:\n",
-                "                if not result.started and False:\n",
+                "impl/runtime/loops.py",
+                "            if not result.started:\n",
+                "            if not result.started and False:\n",
             ),
         ),
         (RESULTS, CONTROLLER),
@@ -698,16 +702,16 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "17",
         "the no-runner check decides every line of a batch on the state as loaded",
-        "impl/control.py `_check`",
+        "impl/frontends/control.py `_check`",
         (
             Edit(
-                "impl/control.py",
-                "        for command in [Recover(now_ms=now), *commands]:\n"
+                "impl/frontends/control.py",
+                "        for command in [Recover(now_ms=now), *_commands(op, params, now)]:\n"
                 "            for event in decide(state, command):\n"
                 "                state = evolve(state, event)\n",
                 "        for event in decide(state, Recover(now_ms=now)):\n"
                 "            state = evolve(state, event)\n"
-                "        for command in commands:\n"
+                "        for command in _commands(op, params, now):\n"
                 "            decide(state, command)\n",
             ),
         ),
@@ -720,10 +724,10 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "18",
         "a result the JSON encoder cannot take escapes into the worker thread",
-        "impl/handlers.py `_outcome_of_result`",
+        "impl/runtime/handlers.py `_outcome_of_result`",
         (
             Edit(
-                "impl/handlers.py",
+                "impl/runtime/handlers.py",
                 "    except Exception as error:\n"
                 "        # TypeError, ValueError (NaN), RecursionError",
                 "    except (TypeError, ValueError) as error:\n"
@@ -740,12 +744,12 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "19",
         "the no-runner check does not model the recovery that opening does",
-        "impl/control.py `_check`",
+        "impl/frontends/control.py `_check`",
         (
             Edit(
-                "impl/control.py",
-                "        for command in [Recover(now_ms=now), *commands]:\n",
-                "        for command in commands:\n",
+                "impl/frontends/control.py",
+                "        for command in [Recover(now_ms=now), *_commands(op, params, now)]:\n",
+                "        for command in _commands(op, params, now):\n",
             ),
         ),
         (NO_RUNNER,),
@@ -782,10 +786,11 @@ def pytest_configure(config):
     import beaverq.impl
     import beaverq.model
     import beaverq.spec
+    import beaverq.teaching
 
     root = os.path.realpath(os.environ["BEAVERQ_MUTANT_ROOT"])
     lines = []
-    for module in (beaverq.model, beaverq.impl, beaverq.spec):
+    for module in (beaverq.model, beaverq.impl, beaverq.spec, beaverq.teaching):
         where = os.path.realpath(module.__file__)
         if not where.startswith(root + os.sep):
             raise pytest.UsageError(f"{module.__name__} imported from {where}, not {root}")
@@ -1044,7 +1049,7 @@ The unmutated copy ran every test file of the table first and passed{baseline}.
 
 How it makes sure the mutants are what is tested: the package is installed editable
 from the main checkout, so each copy gets its own import root
-(`_pkgroot/beaverq/{{model,impl,spec}}`, symlinks into the copy, on `PYTHONPATH`; the
+(`_pkgroot/beaverq/{{model,impl,spec,teaching}}`, symlinks into the copy, on `PYTHONPATH`; the
 path finder comes before the editable finder), and a pytest plugin loaded with `-p`
 checks at start-up that `beaverq.model`, `beaverq.impl` and `beaverq.spec` were
 imported from the copy; the script refuses a result otherwise.  Each replacement's

@@ -1,6 +1,6 @@
 """CrashFS: an in-memory file system that can crash, the fake disk under every crash test.
 
-``CrashFS`` implements ``beaverq.impl.fs.FileSystem`` call for call (same names, same
+``CrashFS`` implements ``beaverq.impl.storage.fs.FileSystem`` call for call (same names, same
 arguments, the same ``OSError`` subclasses the kernel gives, checked against
 ``RealFileSystem`` by ``tests/test_fs_contract.py``) and adds what a test needs: a
 crash, failure injection and a way to enumerate every outcome.
@@ -128,7 +128,7 @@ from typing import Protocol, TypeVar
 import attrs
 from hypothesis import strategies as st
 
-from beaverq.impl.fs import DataDirLocked
+from beaverq.impl.storage.fs import DataDirLocked
 
 __all__ = [
     "ALL_POLICIES",

@@ -42,7 +42,7 @@ The pieces
     the crash image keeping nothing unsynced) finds the same state, and a clean log.
 
 ``frames_of`` reads WAL frames from their length fields alone (not with
-``impl/record.py``), so that the corruption tests can aim at a chosen frame and
+``impl/storage/record.py``), so that the corruption tests can aim at a chosen frame and
 predict the offset recovery must report.
 """
 
@@ -57,7 +57,7 @@ from typing import Any
 import attrs
 from hypothesis import strategies as st
 
-from beaverq.impl.storage import LOCK_NAME, RecoveryReport, Storage, StorageOptions
+from beaverq.impl.storage.storage import LOCK_NAME, RecoveryReport, Storage, StorageOptions
 from beaverq.model import (
     Command,
     Event,
@@ -291,7 +291,7 @@ class CompactHypothesisChooser:
 
 # -- reading the WAL independently -----------------------------------------------------------
 
-FRAME_HEADER = struct.Struct("<IBBHQQII")  # as documented in impl/record.py
+FRAME_HEADER = struct.Struct("<IBBHQQII")  # as documented in impl/storage/record.py
 KIND_EVENT, KIND_SEGMENT_HEADER = 1, 2
 
 

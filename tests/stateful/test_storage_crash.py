@@ -64,9 +64,9 @@ from sim.workload import (
 )
 from strategies import CLOCK_STEPS_MS, commands
 
-from beaverq.impl.storage import RecoveryReport, Storage, StorageOptions
-from beaverq.impl.wal import WalFailed
-from beaverq.impl.wal_reader import WalCorrupt
+from beaverq.impl.storage.storage import RecoveryReport, Storage, StorageOptions
+from beaverq.impl.storage.wal import WalFailed
+from beaverq.impl.storage.wal_reader import WalCorrupt
 from beaverq.model import Enqueue, decide
 
 SECTOR_SIZES = (512, 64)

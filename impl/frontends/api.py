@@ -1,6 +1,6 @@
 """The Python API: the CLI's power in a few calls.
 
-    from beaverq.impl.api import open_queue
+    from beaverq.impl.frontends.api import open_queue
 
     queue = open_queue("beaverq-data")
 
@@ -27,13 +27,17 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
+from beaverq.impl.runtime.controller import Controller
+from beaverq.impl.runtime.dispatch_window import HORIZON_S_DEFAULT
+from beaverq.impl.runtime.gc_policy import release_tuning, tune_for_long_lived_state
+from beaverq.impl.runtime.handlers import HandlerFunction, HandlerRegistry
+from beaverq.impl.runtime.options import ControllerOptions
+from beaverq.impl.runtime.process_pool import ProcessPool
+from beaverq.impl.runtime.workers import ThreadPool, WorkerPool
+from beaverq.impl.storage.fs import DataDirLocked, RealFileSystem, StorageError
+from beaverq.model.errors import BrokenInvariant
+
 from .control import ControlServer, _perform_or_fail, execute, job_request
-from .controller import Controller, ControllerOptions
-from .dispatch_window import HORIZON_S_DEFAULT
-from .fs import DataDirLocked, RealFileSystem, StorageError
-from .gc_policy import release_tuning, tune_for_long_lived_state
-from .handlers import HandlerFunction, HandlerRegistry
-from .workers import ProcessPool, ThreadPool, WorkerPool
 
 
 class RunFailed(Exception):
@@ -61,7 +65,7 @@ class Runner:
         self._options = ControllerOptions(
             snapshot_interval_s=snapshot_interval_s, dispatch_horizon_s=lease_ahead_s
         )
-        # A process-wide setting, so the runner's (impl/gc_policy.py); off for a program
+        # A process-wide setting, so the runner's (impl/runtime/gc_policy.py); off for a program
         # that tunes its own collector.
         self._tune_gc = tune_gc
         self._gc_tuned = False
@@ -103,7 +107,8 @@ class Runner:
         return self
 
     def until_idle(self, timeout_s: float | None = None) -> bool:
-        assert self.controller is not None, "start() first"
+        if self.controller is None:
+            raise BrokenInvariant("start() first")
         return self.controller.until_idle(timeout_s)
 
     def stop(self, grace_s: float = 10.0) -> list[str]:

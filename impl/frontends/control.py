@@ -5,7 +5,9 @@ process may open the log.  It therefore serves a Unix socket, ``control.sock`` i
 data directory (mode 0600: the local user only), and every other command talks to
 it.  When no runner answers, the command opens the data directory itself, under the
 lock, does its work durably, and closes it.  Both paths end in the same place:
-``perform(target, op, params)``, which maps each operation to one controller method.
+``perform(target, op, params)``, which runs the operation's controller method from
+one table, ``OPERATIONS`` (each operation: its method, its parameter names, the model
+command it decides).
 
 The protocol is one JSON line each way per connection::
 
@@ -29,8 +31,22 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import attrs
+
+from beaverq.impl.runtime.clock import SystemClock
+from beaverq.impl.runtime.controller import Controller
+from beaverq.impl.runtime.errors import ControllerFailed, ControllerStopped
+from beaverq.impl.runtime.handlers import HandlerRegistry
+from beaverq.impl.runtime.job_request import JobRequest
+from beaverq.impl.runtime.read_models import job_detail, jobs_of, status_of
+from beaverq.impl.runtime.workers import ThreadPool
+from beaverq.impl.storage.fs import DataDirLocked, RealFileSystem, StorageError
+from beaverq.impl.storage.storage import LOCK_NAME, Storage
+from beaverq.impl.storage.verify import verify_data_dir
 from beaverq.model import (
     Cancel,
+    Command,
+    Enqueue,
     PauseQueue,
     Recover,
     Rejected,
@@ -41,22 +57,7 @@ from beaverq.model import (
     evolve,
     initial_state,
 )
-
-from .clock import SystemClock
-from .controller import (
-    Controller,
-    ControllerFailed,
-    ControllerStopped,
-    JobRequest,
-    job_detail,
-    jobs_of,
-    status_of,
-)
-from .fs import DataDirLocked, RealFileSystem, StorageError
-from .handlers import HandlerRegistry
-from .storage import LOCK_NAME, Storage
-from .verify import verify_data_dir
-from .workers import ThreadPool
+from beaverq.model.errors import BrokenInvariant
 
 SOCKET_NAME = "control.sock"
 LINE_BYTES_MAX = 256 * 1024 * 1024  # a batch of a few hundred thousand jobs fits
@@ -74,7 +75,7 @@ def socket_path(data_dir: str) -> str:
     return os.path.join(data_dir, SOCKET_NAME)
 
 
-# -- Operations: each maps to one controller method. -------------------------------------
+# -- Operations: one table, each to a controller method and a model command. ----------
 
 _SECONDS_FIELDS = {"timeout": "timeout_ms", "delay": "delay_ms"}
 _RENAMED_FIELDS = {"id": "job_id"}
@@ -111,45 +112,104 @@ def seconds_to_ms(value: Any, name: str) -> int:
     return round(value * 1000)
 
 
-def _enqueue(target: Any, params: Mapping[str, Any]) -> str:
-    job_id: str = target.enqueue_request(job_request(params["job"]))
-    return job_id
-
-
-def _enqueue_batch(target: Any, params: Mapping[str, Any]) -> list[str]:
-    jobs = params["jobs"]
+def _job_requests(jobs: Any) -> list[JobRequest]:
     if not isinstance(jobs, list):
         raise ValueError("jobs must be a list")
-    ids: list[str] = target.enqueue_batch([job_request(job) for job in jobs])
-    return ids
+    return [job_request(job) for job in jobs]
 
 
-OPS: dict[str, Callable[[Any, Mapping[str, Any]], Any]] = {
-    "enqueue": _enqueue,
-    "enqueue_batch": _enqueue_batch,
-    "cancel": lambda target, p: target.cancel(p["job_id"]),
-    "requeue": lambda target, p: target.requeue(p["job_id"]),
-    "pause": lambda target, p: target.pause(p["queue"]),
-    "resume": lambda target, p: target.resume(p["queue"]),
-    "status": lambda target, p: target.status(),
-    "jobs": lambda target, p: target.jobs(p.get("state"), p.get("queue"), p.get("limit")),
-    "show": lambda target, p: target.show(p["job_id"]),
+#: How a parameter's JSON value becomes the method's argument (the others pass as is).
+_PARAMETER_TYPES: dict[str, Callable[[Any], Any]] = {"job": job_request, "jobs": _job_requests}
+
+
+@attrs.frozen
+class Operation:
+    """One operation of the protocol: the ``Controller`` method that does it (a read's
+    is also ``StateView``'s), the names of its parameters in the method's order, and
+    the model command it decides (None for a read).  A command other than ``Enqueue``
+    is built from the parameters by name: they are its fields."""
+
+    method: str
+    params: tuple[str, ...]
+    command: type[Command] | None
+    optional: bool = False  # the parameters may be left out (None)
+
+
+#: Every operation, once: what ``perform`` runs and what ``_check`` decides.
+OPERATIONS: dict[str, Operation] = {
+    "enqueue": Operation("enqueue_request", ("job",), Enqueue),
+    "enqueue_batch": Operation("enqueue_batch", ("jobs",), Enqueue),
+    "cancel": Operation("cancel", ("job_id",), Cancel),
+    "requeue": Operation("requeue", ("job_id",), Requeue),
+    "pause": Operation("pause", ("queue",), PauseQueue),
+    "resume": Operation("resume", ("queue",), ResumeQueue),
+    "status": Operation("status", (), None),
+    "jobs": Operation("jobs", ("state", "queue", "limit"), None, optional=True),
+    "show": Operation("show", ("job_id",), None),
 }
-#: Operations that only read: without a runner they need no controller (no Recover).
-READ_OPS = frozenset({"status", "jobs", "show"})
+
+
+def check_wiring(operations: Mapping[str, Operation]) -> None:
+    """Refuse a half-wired table, naming the operation: a method the controller (or,
+    for a read, ``StateView``) lacks, or a command whose fields are not the parameters.
+    Run at import, so that such a table never serves a request."""
+    for name, operation in operations.items():
+        targets = [Controller] if operation.command is not None else [Controller, StateView]
+        for target in targets:
+            if not callable(getattr(target, operation.method, None)):
+                raise TypeError(
+                    f"operation {name!r} is half-wired: {target.__name__} has no "
+                    f"method {operation.method!r}"
+                )
+        command = operation.command
+        if command is not None and command is not Enqueue:
+            fields = set(attrs.fields_dict(command)) - {"now_ms"}
+            if fields != set(operation.params):
+                raise TypeError(
+                    f"operation {name!r} is half-wired: {command.__name__} takes "
+                    f"{sorted(fields)}, the operation gives {sorted(operation.params)}"
+                )
+
+
+def operation_named(op: str) -> Operation:
+    operation = OPERATIONS.get(op)
+    if operation is None:
+        raise ValueError(f"unknown operation {op!r}")
+    return operation
+
+
+def _arguments(op: str, operation: Operation, params: Mapping[str, Any]) -> list[Any]:
+    """The method's arguments, from the request's parameters, in the table's order."""
+    if not isinstance(params, Mapping):
+        raise ValueError("params must be an object")
+    arguments = []
+    for name in operation.params:
+        if name not in params and not operation.optional:
+            raise ValueError(f"{op}: missing parameter {name!r}")
+        value = params.get(name)
+        convert = _PARAMETER_TYPES.get(name)
+        arguments.append(value if convert is None or value is None else convert(value))
+    return arguments
 
 
 def perform(target: Any, op: str, params: Mapping[str, Any]) -> Any:
     """Run one operation on a ``Controller`` (or, for reads, a ``StateView``)."""
-    function = OPS.get(op)
-    if function is None:
-        raise ValueError(f"unknown operation {op!r}")
-    if not isinstance(params, Mapping):
-        raise ValueError("params must be an object")
-    try:
-        return function(target, params)
-    except KeyError as missing:
-        raise ValueError(f"{op}: missing parameter {missing}") from None
+    operation = operation_named(op)
+    return getattr(target, operation.method)(*_arguments(op, operation, params))
+
+
+def _commands(op: str, params: Mapping[str, Any], now: int) -> list[Command]:
+    """The model commands ``op`` decides, as the controller would make them at ``now``."""
+    operation = operation_named(op)
+    arguments = _arguments(op, operation, params)
+    command = operation.command
+    if command is None:
+        return []
+    if command is Enqueue:
+        (requests,) = arguments
+        batch = requests if isinstance(requests, list) else [requests]
+        return [request.command(now) for request in batch]
+    return [command(now_ms=now, **dict(zip(operation.params, arguments, strict=True)))]
 
 
 def answer(target: Any, line: bytes) -> dict[str, Any]:
@@ -223,7 +283,8 @@ class ControlServer:
 
     def _accept(self) -> None:
         listener = self._listener
-        assert listener is not None
+        if listener is None:
+            raise BrokenInvariant("broken invariant: listener is not None")
         while True:
             try:
                 connection, _address = listener.accept()
@@ -332,16 +393,17 @@ def execute_locally(data_dir: str, op: str, params: Mapping[str, Any]) -> Any:
     answered from it, and a change that the model accepts is then done durably by a
     controller that holds the lock.  So a refused command (unknown job, bad number)
     changes no byte of the data directory, not even the lock file's pid."""
-    if op not in OPS:
+    operation = OPERATIONS.get(op)
+    if operation is None:
         raise CommandFailed(f"unknown operation {op!r}")
-    creating = op in ("enqueue", "enqueue_batch")
+    creating = operation.command is Enqueue
     if not os.path.isdir(data_dir) and not (creating and not os.path.exists(data_dir)):
         # Only an enqueue creates a data directory: anything else would leave an
         # empty one behind for a typo.
         raise CommandFailed(f"{data_dir}: no such data directory")
     started = time.monotonic()
     state = _read_state(data_dir) if os.path.isdir(data_dir) else initial_state()
-    if op in READ_OPS:
+    if operation.command is None:  # a read: no controller, so no Recover
         figures = {"seconds": time.monotonic() - started, "last_lsn": state.last_lsn}
         return _perform_or_fail(StateView(state, figures), op, params)
     _check(state, op, params)
@@ -405,27 +467,15 @@ def _read_state(data_dir: str) -> State:
 
 def _check(state: State, op: str, params: Mapping[str, Any]) -> None:
     """Decide the command(s) on ``state`` (pure): raise ``CommandFailed`` on refusal."""
-    now = SystemClock().now_ms()
     try:
-        if op == "enqueue":
-            commands: list[Any] = [job_request(params["job"]).command(now)]
-        elif op == "enqueue_batch":
-            commands = [job_request(job).command(now) for job in params["jobs"]]
-        elif op in ("cancel", "requeue"):
-            make = Cancel if op == "cancel" else Requeue
-            commands = [make(now_ms=now, job_id=params["job_id"])]
-        else:
-            make = PauseQueue if op == "pause" else ResumeQueue
-            commands = [make(now_ms=now, queue=params["queue"])]
+        now = SystemClock().now_ms()
         # Opening decides Recover first (the controller's R5: a dead runner's leases
         # are abandoned, and counted), so the check does too: it must refuse exactly
         # what the opened directory would, or a refusal would come after the writes
         # of opening (LOCK, a WAL segment, a snapshot).
-        for command in [Recover(now_ms=now), *commands]:
+        for command in [Recover(now_ms=now), *_commands(op, params, now)]:
             for event in decide(state, command):
                 state = evolve(state, event)
-    except KeyError as missing:
-        raise CommandFailed(f"{op}: missing parameter {missing}") from None
     except (Rejected, ValueError, TypeError) as error:
         raise CommandFailed(_one_line(error)) from None
 
@@ -439,3 +489,6 @@ def _perform_or_fail(target: Any, op: str, params: Mapping[str, Any]) -> Any:
 
 def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
+
+
+check_wiring(OPERATIONS)

@@ -27,6 +27,8 @@ import posixpath
 
 import attrs
 
+from beaverq.model.errors import BrokenInvariant
+
 from .fs import FileSystem, StorageError
 from .record import FrameProblem, Record, RecordKind, decode_frame, find_valid_frames_after
 from .segments import SegmentHeader, decode_segment_header, parse_segment_name
@@ -174,7 +176,8 @@ class _Reader:
             if problem is not None:
                 self._damage(data, path, offset, lsn, problem, is_last)
                 break
-            assert isinstance(decoded, Record)
+            if not (isinstance(decoded, Record)):
+                raise BrokenInvariant("broken invariant: isinstance(decoded, Record)")
             lsn, chain, offset = decoded.lsn, decoded.chain_crc, offset + decoded.size
             if lsn == self.after_lsn and chain != self.after_chain_crc:
                 raise WalCorrupt(

@@ -39,8 +39,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 if TYPE_CHECKING:
-    from .controller import Controller
-    from .workers import TaskResult
+    from beaverq.impl.runtime.controller import Controller
+    from beaverq.impl.runtime.workers import TaskResult
 
 # Buckets: jobs range from a no-op (microseconds) to long sleeps and timeouts.
 JOB_DURATION_BUCKETS = (
@@ -124,7 +124,7 @@ class Metrics:
         if controller is not None:
             self.attach(controller)
 
-    # -- The observations: a ControllerObserver (impl/controller.py). -------------------------
+    # -- The observations: a ControllerObserver (impl/runtime/observers.py). ------------
 
     def result_received(self, result: TaskResult) -> None:
         self.job_duration.observe(max(0.0, result.duration_s))

@@ -5,7 +5,7 @@ File ``snapshot-<lsn, 16 hex digits>.snap``::
     offset size field
          0    8 magic           b"BVQSNAP\\0"
          8    4 format_version  of this file layout (1)
-        12    4 schema_version  of the encoded checkpoint (impl/codec.py)
+        12    4 schema_version  of the encoded checkpoint (impl/storage/codec.py)
         16    8 lsn             the last event the snapshot includes
         24    4 chain_crc       the WAL chain value at ``lsn`` (record.py)
         28    4 compression     0 = none, 1 = zlib
@@ -31,6 +31,8 @@ import zlib
 import attrs
 import crc32c
 
+from beaverq.model.errors import BrokenInvariant
+
 from .fs import FileSystem, StorageError
 
 MAGIC = b"BVQSNAP\0"
@@ -39,7 +41,8 @@ HEADER = struct.Struct("<8sIIQIIQII")
 COMPRESSIONS = {"none": 0, "zlib": 1}
 _NAME = re.compile(r"snapshot-([0-9a-f]{16})\.snap")
 
-assert HEADER.size == 48
+if HEADER.size != 48:
+    raise BrokenInvariant("broken invariant: HEADER.size == 48")
 
 
 class SnapshotVersionError(StorageError):

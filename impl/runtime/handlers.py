@@ -197,7 +197,7 @@ class HandlerRegistry:
         if not added:
             raise ValueError(
                 f"module {module_name!r} registers no handlers: give it a function "
-                "register(registry) or mark functions with @beaverq.impl.handlers.handler()"
+                "register(registry) or mark functions with @beaverq.impl.runtime.handlers.handler()"
             )
         self.imported.append(module_name)
         return added

@@ -32,6 +32,8 @@ import posixpath
 
 import attrs
 
+from beaverq.model.errors import BrokenInvariant
+
 from .fs import FileSystem, StorageError
 from .record import HEADER_BYTES, RecordKind, encode_frame, padding_for
 from .segments import SEGMENT_HEADER, SegmentHeader, encode_segment_header, segment_name
@@ -73,7 +75,8 @@ class WalWriter:
         event_chain_crc: int,
         segment_bytes_max: int = SEGMENT_BYTES_MAX_DEFAULT,
     ) -> None:
-        assert segment_bytes_max > 0
+        if not (segment_bytes_max > 0):
+            raise BrokenInvariant("broken invariant: segment_bytes_max > 0")
         self._fs = fs
         self._directory = directory
         self._schema_version = schema_version
@@ -101,7 +104,10 @@ class WalWriter:
     def append(self, lsn: int, payload: bytes) -> None:
         self._check_usable()
         # Events arrive in LSN order without gaps (decide numbers them so).
-        assert lsn == self.appended_lsn + 1, (lsn, self.appended_lsn)
+        if lsn != self.appended_lsn + 1:
+            raise BrokenInvariant(
+                f"broken invariant: lsn == self.appended_lsn + 1: {(lsn, self.appended_lsn)!r}"
+            )
         if self._segment_framed_bytes >= self._segment_bytes_max:
             self._frame_segment_header(self.segment_index + 1)
         frame, self.chain_crc = encode_frame(
@@ -135,7 +141,8 @@ class WalWriter:
         return batch
 
     def complete_batch(self, batch: Batch) -> None:
-        assert batch.last_lsn >= self.durable_lsn
+        if not (batch.last_lsn >= self.durable_lsn):
+            raise BrokenInvariant("broken invariant: batch.last_lsn >= self.durable_lsn")
         self.durable_lsn = batch.last_lsn
         self.durable_event_chain_crc = batch.event_chain_crc
 
@@ -167,7 +174,8 @@ class WalWriter:
                 if data:
                     self._fs.append(chunk.path, data)
                     unsynced = True
-            assert current is not None
+            if current is None:
+                raise BrokenInvariant("broken invariant: current is not None")
             if unsynced:
                 self._fs.fsync(current)
             if created:

@@ -18,8 +18,9 @@ lease could be granted "before" the enqueue it follows.  (Across a restart the
 clamp is lost; the model accepts any ``now_ms`` in range, and a step back only
 delays expiries and retries by the size of the step.)
 
-``FakeClock`` moves only when a test tells it to, so a deterministic run
-(tests/test_controller.py) is a function of its seed and never of the machine.
+A clock that moves only when a test tells it to, so that a deterministic run
+(tests/test_controller.py) is a function of its seed and never of the machine, is
+``beaverq.teaching.fake_clock.FakeClock``: it is not part of the shell.
 """
 
 from __future__ import annotations
@@ -27,8 +28,6 @@ from __future__ import annotations
 import threading
 import time
 from typing import Protocol
-
-from .fake_clock import FakeClock as _FakeMillisecondClock
 
 
 class Clock(Protocol):
@@ -58,15 +57,3 @@ class SystemClock:
 
     def monotonic(self) -> float:
         return time.monotonic()
-
-
-class FakeClock(_FakeMillisecondClock):
-    """A clock that moves only on ``advance``/``advance_to``; both times move together.
-
-    ``monotonic()`` is ``now_ms() / 1000``: in a test one fake time is enough, and
-    keeping the two in step means a tick interval and a lease timeout are measured
-    on the same axis.
-    """
-
-    def monotonic(self) -> float:
-        return self.now_ms() / 1000.0

@@ -16,8 +16,8 @@ output byte for byte, under any ``PYTHONHASHSEED`` and on any machine.
 
 At the end a run checks itself: every job finished within a step budget, the
 summary adds up, replaying the recorded log from nothing rebuilds the final state
-(and replaying it again changes nothing), and, when ``beaverq.spec.invariants``
-provides ``check_all``, the state invariants hold.
+(and replaying it again changes nothing), and the state invariants of
+``beaverq.spec.invariants`` hold.
 """
 
 from __future__ import annotations
@@ -25,11 +25,10 @@ from __future__ import annotations
 import contextlib
 import gc
 import heapq
-import importlib
 import json
 import random
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import attrs
 
@@ -68,8 +67,9 @@ from beaverq.model import (
     replay,
 )
 from beaverq.model.endings import ENDING_EVENT_TYPES, is_retry
-from beaverq.model.errors import JOB_FINISHED, STALE_RESULT_RULES
+from beaverq.model.errors import JOB_FINISHED, STALE_RESULT_RULES, BrokenInvariant
 from beaverq.model.timers import timers_peek
+from beaverq.spec.invariants import check_all
 
 from .fake_clock import FakeClock
 
@@ -126,8 +126,12 @@ DOWNTIME_MS_MIN, DOWNTIME_MS_MAX = 500, 3_000
 
 # An attempt that neither fails nor hangs must finish within its lease, or the
 # three outcomes would blur into each other.
-assert min(kind.timeout_ms for kind in JOB_KINDS) > WORK_MS_MAX
-assert PAUSED_QUEUE in {kind.queue for kind in JOB_KINDS}
+if not (min(kind.timeout_ms for kind in JOB_KINDS) > WORK_MS_MAX):
+    raise BrokenInvariant(
+        "broken invariant: min(kind.timeout_ms for kind in JOB_KINDS) > WORK_MS_MAX"
+    )
+if PAUSED_QUEUE not in {kind.queue for kind in JOB_KINDS}:
+    raise BrokenInvariant("broken invariant: PAUSED_QUEUE in {kind.queue for kind in JOB_KINDS}")
 
 
 def step_budget(jobs: int) -> int:
@@ -165,7 +169,7 @@ class Summary:
     final_lsn: int
     simulated_ms: int
     steps: int
-    invariants: str  # "hold", or "not available" before spec/invariants.py exists
+    invariants: str  # "hold" once the spec invariants were checked
 
     def rows(self) -> list[tuple[str, str]]:
         return [
@@ -274,7 +278,7 @@ def simulate(
 ) -> SimulationReport:
     """Run the scenario drawn from ``seed`` until every job has finished.
 
-    ``check_every_step`` also checks the spec invariants (when available) after
+    ``check_every_step`` also checks the spec invariants after
     every command, not only at the end: slower, for tests.
     """
     _check_argument("seed", seed, 0, None)
@@ -458,13 +462,15 @@ class _Simulation:
         events = self._execute(command)
         if arrival.duplicate:
             # The same request again: the key makes it a no-op that names the first job.
-            assert not events, f"duplicate enqueue under {arrival.key} made a new job"
+            if events:
+                raise BrokenInvariant(f"duplicate enqueue under {arrival.key} made a new job")
             self.tally["duplicates"] += 1
             first = self.job_ids[arrival.index]
             self._note("Duplicate", f"Enqueue key={arrival.key} is {first} again: no event")
             return
         (enqueued,) = events
-        assert isinstance(enqueued, JobEnqueued)
+        if not (isinstance(enqueued, JobEnqueued)):
+            raise BrokenInvariant("broken invariant: isinstance(enqueued, JobEnqueued)")
         self.job_ids[arrival.index] = enqueued.job_id
         self.arrivals_left -= 1
 
@@ -502,7 +508,8 @@ class _Simulation:
         self.restart_at_ms = self._now() + downtime_ms
 
     def _restart(self) -> None:
-        assert self.restart_at_ms == self._now()
+        if self.restart_at_ms != self._now():
+            raise BrokenInvariant("broken invariant: self.restart_at_ms == self._now()")
         self.restart_at_ms = None
         self._note("Restart", "Recover: leases held by the dead process are abandoned")
         self._execute(Recover(now_ms=self._now()))
@@ -518,7 +525,8 @@ class _Simulation:
             if not events:
                 return  # nothing is ready: the other idle workers find nothing either
             (granted,) = events
-            assert isinstance(granted, LeaseGranted)
+            if not (isinstance(granted, LeaseGranted)):
+                raise BrokenInvariant("broken invariant: isinstance(granted, LeaseGranted)")
             self.workers[name] = self._draw_work(granted)
 
     def _draw_work(self, granted: LeaseGranted) -> _Work:
@@ -651,12 +659,9 @@ class _Simulation:
     # -- The end of the run: its checks and its report. ----------------------------------
 
     def _check_invariants(self) -> None:
-        check_all = _spec_check_all()
-        if check_all is None:
-            return
         try:
             check_all(self.state)
-        except AssertionError as broken:
+        except BrokenInvariant as broken:
             raise SimulationFailed(f"seed {self.seed}: {broken}") from broken
         self.invariants = "hold"
 
@@ -711,19 +716,3 @@ class _Simulation:
 
 def _line(at_ms: int, lsn: str, what: str, details: str) -> str:
     return f"[{seconds(at_ms):>9}] {lsn:<6} {what:<15} {details}".rstrip()
-
-
-def _spec_check_all() -> Callable[[State], object] | None:
-    """``beaverq.spec.invariants.check_all`` if that module provides it, else None.
-
-    Imported lazily and optionally: spec/invariants.py is written alongside this
-    module, and a simulation is still worth running before it exists.
-    """
-    try:
-        module = importlib.import_module("beaverq.spec.invariants")
-    except ModuleNotFoundError as missing:
-        if missing.name != "beaverq.spec.invariants":
-            raise  # the module exists but is broken: say so
-        return None
-    check_all: Callable[[State], object] | None = getattr(module, "check_all", None)
-    return check_all

@@ -30,6 +30,8 @@ from __future__ import annotations
 import gc
 import threading
 
+from beaverq.model.errors import BrokenInvariant
+
 #: Allocations between young collections (the interpreter's default is 700).
 YOUNG_THRESHOLD = 50_000
 #: Young collections per middle one (20), middle ones per full one (100): a full
@@ -60,7 +62,8 @@ class _Tuning:
 
     def release(self) -> None:
         with self._lock:
-            assert self._holders > 0, "release_tuning() without tune_for_long_lived_state()"
+            if not (self._holders > 0):
+                raise BrokenInvariant("release_tuning() without tune_for_long_lived_state()")
             self._holders -= 1
             if self._holders == 0:
                 gc.set_threshold(*self._saved)

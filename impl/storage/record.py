@@ -34,6 +34,8 @@ from enum import IntEnum
 import attrs
 import crc32c
 
+from beaverq.model.errors import BrokenInvariant
+
 HEADER = struct.Struct("<IBBHQQII")
 HEADER_BYTES = HEADER.size
 ALIGNMENT = 8
@@ -41,9 +43,12 @@ MAGIC = 0xB7E5
 PAYLOAD_BYTES_MAX = 1 << 24  # 16 MiB: far above any event (limits.py caps payloads at 64 KiB)
 _CRC_COVERED = struct.Struct("<IBBHQQ")  # the header bytes that frame_crc covers
 
-assert HEADER_BYTES == 32
-assert HEADER_BYTES % ALIGNMENT == 0
-assert _CRC_COVERED.size == 24
+if HEADER_BYTES != 32:
+    raise BrokenInvariant("broken invariant: HEADER_BYTES == 32")
+if HEADER_BYTES % ALIGNMENT != 0:
+    raise BrokenInvariant("broken invariant: HEADER_BYTES % ALIGNMENT == 0")
+if _CRC_COVERED.size != 24:
+    raise BrokenInvariant("broken invariant: _CRC_COVERED.size == 24")
 
 
 class RecordKind(IntEnum):
@@ -70,14 +75,17 @@ def encode_frame(
     kind: RecordKind, lsn: int, synced_lsn: int, payload: bytes, previous_chain_crc: int
 ) -> tuple[bytes, int]:
     """The frame's bytes and its chain_crc (the seed for the next frame)."""
-    assert 0 <= len(payload) <= PAYLOAD_BYTES_MAX, len(payload)
-    assert 0 <= synced_lsn <= lsn or kind is RecordKind.SEGMENT_HEADER, (synced_lsn, lsn)
+    if not (0 <= len(payload) <= PAYLOAD_BYTES_MAX):
+        raise BrokenInvariant(f"a payload of {len(payload)} bytes (PAYLOAD_BYTES_MAX)")
+    if not (0 <= synced_lsn <= lsn or kind is RecordKind.SEGMENT_HEADER):
+        raise BrokenInvariant(f"frame at LSN {lsn} claims LSN {synced_lsn} durable")
     padding = padding_for(len(payload))
     covered = _CRC_COVERED.pack(len(payload), kind, padding, MAGIC, lsn, synced_lsn)
     frame_crc = crc32c.crc32c(payload, crc32c.crc32c(covered))
     chain_crc = crc32c.crc32c(frame_crc.to_bytes(4, "little"), previous_chain_crc)
     frame = b"".join((covered, struct.pack("<II", frame_crc, chain_crc), payload, bytes(padding)))
-    assert len(frame) % ALIGNMENT == 0
+    if len(frame) % ALIGNMENT != 0:
+        raise BrokenInvariant("broken invariant: len(frame) % ALIGNMENT == 0")
     return frame, chain_crc
 
 
@@ -92,7 +100,8 @@ class FrameProblem:
 def decode_frame(data: bytes, offset: int, previous_chain_crc: int | None) -> Record | FrameProblem:
     """Decode the frame at ``offset``.  With ``previous_chain_crc`` None the chain is
     not checked (used to search for evidence beyond damage)."""
-    assert offset % ALIGNMENT == 0, offset
+    if offset % ALIGNMENT != 0:
+        raise BrokenInvariant(f"broken invariant: offset % ALIGNMENT == 0: {offset!r}")
     if len(data) - offset < HEADER_BYTES:
         return FrameProblem(
             offset, f"{len(data) - offset} bytes left, a header needs {HEADER_BYTES}"

@@ -2,8 +2,7 @@
 
 1. **Enqueue** a few thousand jobs of mixed kinds into a fresh data directory, in
    batches that share one fsync each (the Python API, in this process).
-2. **Run** them in a real runner process (``beaverq run``, or the same thing built
-   from the Python API while the CLI has no ``run``), watching its Prometheus
+2. **Run** them in a real runner process (``beaverq run``), watching its Prometheus
    endpoint for a live progress line.
 3. **Crash**: SIGKILL the runner part-way, with jobs in flight.
 4. **Restart** it and show what recovery did and how long it took (the runner's
@@ -30,33 +29,29 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import os
 import random
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 import attrs
 
-from .handlers import HandlerContext, JobFailure, handler
+from beaverq.impl.runtime.handlers import HandlerContext, JobFailure, handler
+from beaverq.model.errors import BrokenInvariant
 
-DEMO_MODULE = "beaverq.impl.demo"
+from .demo_runner import DemoFailed, Runner, WalArchive, scrape
+
 FLAKY = "demo.flaky"
 POLL_S = 0.1  # how often the demo scrapes the runner and links new WAL segments
 BACKOFF = {"backoff_base_ms": 50, "backoff_cap_ms": 400}
 
 
-# -- The demo's own handler (the runner registers it with --import beaverq.impl.demo). -----
+# -- The demo's own handler (the runner registers it with --import beaverq.teaching.demo). -----
 
 
 @handler(FLAKY)
@@ -96,7 +91,8 @@ def _request(kind: str, rng: random.Random) -> dict[str, Any]:
         return {"handler": FLAKY, **BACKOFF}
     if kind == "fail":
         return {"handler": "fail", "args": {"message": "this job always fails"}, **BACKOFF}
-    assert kind == "timeout"
+    if kind != "timeout":
+        raise BrokenInvariant('broken invariant: kind == "timeout"')
     return {
         "handler": "sleep",
         "args": {"seconds": 5.0},
@@ -154,70 +150,7 @@ class Out:
             self._progress_shown = False
 
 
-class DemoFailed(Exception):
-    pass
-
-
-# -- The WAL archive (see the module docstring). -------------------------------------------
-
-
-class WalArchive:
-    def __init__(self, data_dir: str, archive_dir: str) -> None:
-        self.data_dir = data_dir
-        self.directory = archive_dir
-        os.makedirs(archive_dir, exist_ok=True)
-
-    def sync(self) -> None:
-        from .segments import parse_segment_name
-
-        try:
-            names = os.listdir(self.data_dir)
-        except FileNotFoundError:
-            return
-        for name in names:
-            live = os.path.join(self.data_dir, name)
-            if name.endswith(".cut-0"):
-                # Recovery dropped a segment that was torn from its first byte: it
-                # never held a durable event, so the archive forgets it too (unless a
-                # new segment took its name, which the inode check below handles).
-                dropped = name[: -len(".cut-0")]
-                if not os.path.exists(os.path.join(self.data_dir, dropped)):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(os.path.join(self.directory, dropped))
-                continue
-            if parse_segment_name(name) is None:
-                continue
-            kept = os.path.join(self.directory, name)
-            try:
-                live_inode = os.stat(live).st_ino
-            except FileNotFoundError:
-                continue  # deleted between listdir and stat: linked on an earlier poll
-            if os.path.exists(kept) and os.stat(kept).st_ino == live_inode:
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(kept)
-            with contextlib.suppress(FileNotFoundError):
-                os.link(live, kept)
-
-
-# -- Scraping the runner. ------------------------------------------------------------------
-
-
-def scrape(port: int) -> dict[str, float] | None:
-    """Every sample of the runner's /metrics, or None if it does not answer."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-            text = response.read().decode()
-    except (OSError, urllib.error.URLError):
-        return None
-    samples: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return samples
+# -- Reading the runner's metrics. -------------------------------------------------------
 
 
 def _count(samples: dict[str, float], state: str) -> int:
@@ -241,138 +174,6 @@ def _progress_text(run: int, samples: dict[str, float], total: int) -> str:
     )
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-# -- The runner process. -------------------------------------------------------------------
-
-
-def cli_has_run() -> bool:
-    """Whether ``beaverq run`` exists with the options the demo needs."""
-    try:
-        from . import cli
-    except ImportError:
-        return False
-    commands = getattr(cli, "COMMANDS", {})
-    if "run" not in commands:
-        return False
-    # The demo watches the runner through --metrics-port: a CLI whose run accepts the
-    # flag before it serves anything (wiring in progress) is not usable yet.
-    import inspect
-
-    if "serve_metrics" not in inspect.getsource(cli):
-        return False
-    try:
-        parser = cli.build_parser()
-        parser.parse_args(["run", "--workers", "2", "--metrics-port", "1", "--import", DEMO_MODULE])
-    except (SystemExit, Exception):
-        return False
-    return True
-
-
-def runner_main(argv: Sequence[str]) -> int:
-    """A runner built from the Python API (used while ``beaverq run`` is missing):
-    ``DATA_DIR WORKERS METRICS_PORT``.  Runs until SIGTERM or SIGINT, then stops
-    gracefully (exit 0)."""
-    from .controller import Controller
-    from .gc_policy import tune_for_long_lived_state
-    from .handlers import HandlerRegistry
-    from .metrics import Metrics, serve_metrics
-    from .workers import ThreadPool
-
-    data_dir, workers, port = argv[0], int(argv[1]), int(argv[2])
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    registry = HandlerRegistry()
-    registry.import_module(DEMO_MODULE)
-    controller = Controller.open(data_dir, ThreadPool(registry, workers))
-    tune_for_long_lived_state()  # as `beaverq run` does (impl/gc_policy.py)
-    metrics = Metrics(controller)
-    server = serve_metrics(metrics, port)
-    try:
-        controller.start()
-        # Wake on a signal at once; look at the controller's health twice a second.
-        while not stop.wait(0.5):
-            if controller.failure is not None:
-                break
-        controller.stop(grace_s=5.0)
-    finally:
-        server()
-    return 0
-
-
-class Runner:
-    """One runner process, in its own session so that a SIGKILL reaches all of it."""
-
-    def __init__(self, data_dir: str, workers: int, use_cli: bool, log_path: str) -> None:
-        self.port = _free_port()
-        if use_cli:
-            argv = [
-                sys.executable, "-m", "beaverq.impl.cli", "--data-dir", data_dir, "run",
-                "--workers", str(workers), "--metrics-port", str(self.port),
-                "--import", DEMO_MODULE,
-            ]  # fmt: skip
-        else:
-            code = f"import sys; from {DEMO_MODULE} import runner_main; "
-            code += "sys.exit(runner_main(sys.argv[1:]))"
-            argv = [sys.executable, "-c", code, data_dir, str(workers), str(self.port)]
-        self.argv = argv
-        self._log = open(log_path, "ab")  # noqa: SIM115 (closed in wait())
-        self.started_at = time.monotonic()
-        self.process = subprocess.Popen(
-            argv, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        self.log_path = log_path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def wait_serving(self, deadline: float) -> dict[str, float]:
-        while True:
-            samples = scrape(self.port)
-            if samples is not None and "queue_recovery_duration_seconds" in samples:
-                return samples
-            if self.process.poll() is not None:
-                raise DemoFailed(f"the runner exited ({self.process.returncode}) before serving")
-            if time.monotonic() > deadline:
-                raise DemoFailed("the runner did not serve its metrics in time")
-            threading.Event().wait(0.02)
-
-    def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.wait(10.0)
-
-    def terminate(self, timeout_s: float) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.wait(timeout_s)
-
-    def wait(self, timeout_s: float) -> int:
-        try:
-            code = self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            code = self.process.wait()
-            raise DemoFailed(f"the runner did not exit within {timeout_s} s") from None
-        finally:
-            self._log.close()
-        return code
-
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            with open(self.log_path, encoding="utf-8", errors="replace") as log:
-                return "".join(log.readlines()[-lines:])
-        except OSError:
-            return ""
-
-
 # -- The story. ----------------------------------------------------------------------------
 
 
@@ -383,7 +184,6 @@ class Story:
     archive: WalArchive
     total: int
     workers: int
-    use_cli: bool
     log_dir: str
     deadline: float
     kinds: dict[str, str] = attrs.Factory(dict)  # job id -> kind
@@ -391,7 +191,7 @@ class Story:
 
     def start_runner(self, number: int) -> tuple[Runner, dict[str, float]]:
         log = os.path.join(self.log_dir, f"runner-{number}.log")
-        runner = Runner(self.data_dir, self.workers, self.use_cli, log)
+        runner = Runner(self.data_dir, self.workers, log)
         self.runner = runner
         samples = runner.wait_serving(min(self.deadline, time.monotonic() + 30))
         self.archive.sync()
@@ -435,13 +235,6 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="SIGKILL the runner once this fraction of the jobs finished (default 0.4)",
     )
     parser.add_argument("--seed", type=int, default=1, help="seed of the job mix (default 1)")
-    parser.add_argument(
-        "--runner",
-        choices=("auto", "cli", "python"),
-        default="auto",
-        help="'cli': beaverq run; 'python': a runner built from the Python API; "
-        "'auto' (default): the CLI when it has 'run'",
-    )
     parser.add_argument("--keep", action="store_true", help="keep a temporary data dir")
     parser.add_argument(
         "--timeout", type=float, default=120.0, help="give up after this many seconds"
@@ -472,7 +265,6 @@ def run_demo(argv: Sequence[str] | None = None) -> int:
         work = tempfile.mkdtemp(prefix="beaverq-demo-")
         data_dir = os.path.join(work, "data")
         temporary = True
-    use_cli = cli_has_run() if args.runner == "auto" else args.runner == "cli"
     archive = WalArchive(data_dir, os.path.join(work, "wal-archive"))
     story = Story(
         out=out,
@@ -480,7 +272,6 @@ def run_demo(argv: Sequence[str] | None = None) -> int:
         archive=archive,
         total=args.jobs,
         workers=args.workers,
-        use_cli=use_cli,
         log_dir=work,
         deadline=time.monotonic() + args.timeout,
     )
@@ -510,12 +301,12 @@ def run_demo(argv: Sequence[str] | None = None) -> int:
 
 
 def _tell(story: Story, args: argparse.Namespace) -> bool:
-    from .controller import Controller, ControllerOptions
-    from .handlers import HandlerRegistry
-    from .workers import ThreadPool
+    from beaverq.impl.runtime.controller import Controller
+    from beaverq.impl.runtime.handlers import HandlerRegistry
+    from beaverq.impl.runtime.options import ControllerOptions
+    from beaverq.impl.runtime.workers import ThreadPool
 
     out = story.out
-    runner_name = "beaverq run" if story.use_cli else "a Python-API runner (no 'beaverq run' yet)"
     out.line(
         f"beaverq demo: {story.total} jobs, {story.workers} workers, data dir {story.data_dir}"
     )
@@ -544,7 +335,7 @@ def _tell(story: Story, args: argparse.Namespace) -> bool:
 
     # 2. Run until part-way.
     runner, _samples = story.start_runner(1)
-    out.line(f"[2/5] run: runner pid {runner.pid}, {runner_name}")
+    out.line(f"[2/5] run: runner pid {runner.pid}, beaverq run")
     out.line(f"      metrics: http://127.0.0.1:{runner.port}/metrics")
     kill_at = max(1, int(story.total * args.kill_at))
     story.watch(runner, 1, lambda samples: _done(samples) >= kill_at)
@@ -614,6 +405,10 @@ class Account:
 
 
 def _account(story: Story) -> Account:
+    from beaverq.impl.storage.codec import decode_event
+    from beaverq.impl.storage.fs import RealFileSystem
+    from beaverq.impl.storage.storage import Storage
+    from beaverq.impl.storage.wal_reader import read_wal
     from beaverq.model import (
         JobCompleted,
         JobEnqueued,
@@ -623,11 +418,6 @@ def _account(story: Story) -> Account:
         initial_state,
     )
     from beaverq.spec.history import check_history
-
-    from .codec import decode_event
-    from .fs import RealFileSystem
-    from .storage import Storage
-    from .wal_reader import read_wal
 
     account = Account()
     lines = account.lines
@@ -719,7 +509,7 @@ def _account(story: Story) -> Account:
             "history properties (spec/history.py: LSNs, fenced results, at most one "
             "completion per job): all hold"
         )
-    except AssertionError as error:
+    except BrokenInvariant as error:
         lines.append(f"history properties BROKEN: {error}")
 
     same_jobs = {job_id: (job.status, job.attempt) for job_id, job in state.jobs.items()} == {
@@ -733,7 +523,7 @@ def _account(story: Story) -> Account:
     return account
 
 
-def main() -> int:  # ``python -m beaverq.impl.demo``
+def main() -> int:  # ``python -m beaverq.teaching.demo``
     return run_demo(sys.argv[1:])
 
 

@@ -1,9 +1,9 @@
 """The worker pools: N workers that run handlers and report how each attempt ended.
 
 Two kinds share everything below but where a handler runs: :class:`ThreadPool` (the
-default) runs it on the worker thread; :class:`ProcessPool` (``--pool processes``)
-has each worker thread drive one worker process, so that a handler past its deadline
-is really stopped: its process is killed and replaced.
+default) runs it on the worker thread; ``ProcessPool`` (process_pool.py, ``--pool
+processes``) has each worker thread drive one worker process, so that a handler past
+its deadline is really stopped: its process is killed and replaced.
 
 The controller hands the pool a :class:`Task` (a leased attempt: job id, attempt,
 handler, args, timeout) and gets back, through the ``on_result`` callback it gave
@@ -17,7 +17,7 @@ non-blocking puts with a clear policy when full"):
 * at most ``workers`` handlers run at once (one per thread);
 * at most ``workers + queue_max`` tasks are held (running or waiting to start;
   ``queue_max`` defaults to ``QUEUE_MAX_DEFAULT``, room for the controller's
-  dispatch window, impl/dispatch_window.py);
+  dispatch window, impl/runtime/dispatch_window.py);
   ``submit`` never blocks: a full pool raises :class:`PoolFull`, and the caller
   keeps the task (the controller never gets there: it holds one slot per task the
   pool can hold, and frees a slot only when that task's result arrives).
@@ -49,22 +49,17 @@ abandoned while running.  Their leases stay live in the log; see docs/runtime.md
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import queue
-import select
-import subprocess
-import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import IO, Any, Protocol
+from typing import Protocol
 
 import attrs
 
-from .handlers import HandlerContext, HandlerRegistry, Outcome, kill_process_group
+from beaverq.model.errors import BrokenInvariant
+
+from .handlers import HandlerContext, HandlerRegistry, Outcome
 
 #: How long ``shutdown`` waits for abandoned handlers to notice ``cancelled``.
 CANCEL_WAIT_S_DEFAULT = 5.0
@@ -200,7 +195,8 @@ class _PoolBase:
         return self._workers + self._queue_max
 
     def start(self, on_result: ResultCallback) -> None:
-        assert self._on_result is None, "start() twice"
+        if self._on_result is not None:
+            raise BrokenInvariant("start() twice")
         self._on_result = on_result
         for index in range(self._workers):
             thread = threading.Thread(
@@ -315,7 +311,8 @@ class _PoolBase:
 
     def _work(self, index: int) -> None:
         on_result = self._on_result
-        assert on_result is not None
+        if on_result is None:
+            raise BrokenInvariant("broken invariant: on_result is not None")
         while True:
             with self._lock:
                 while not self._queue and not self._closed:
@@ -384,228 +381,3 @@ class ThreadPool(_PoolBase):
 
     def _execute(self, index: int, task: Task, context: HandlerContext) -> Outcome:
         return self._registry.run(task.handler, task.args_json, context)
-
-
-# -- The process pool. -------------------------------------------------------------------
-
-
-@attrs.define
-class _Child:
-    process: subprocess.Popen[bytes]
-    to_child: IO[bytes]
-    from_child: IO[bytes]
-
-
-class ProcessPool(_PoolBase):
-    """Each worker thread drives one worker process; handlers run in the process.
-
-    A timed-out handler is really stopped: at its deadline plus ``kill_margin_s`` (time
-    for a cooperative handler to report its own timeout, and for ``shell`` to kill its
-    process group) the worker process is killed, the attempt fails with an error that
-    says so, and a fresh process takes the next task.  A process that dies while
-    running a handler (``os._exit``, a crash in C code) fails that attempt the same
-    way.  On shutdown, abandoned handlers are told to cancel, and their processes are
-    killed if they have not answered within ``kill_margin_s``; every process is
-    stopped and reaped before ``shutdown`` returns.
-
-    A worker process is ``python -m beaverq.impl.workers`` (not ``multiprocessing``,
-    which would re-import the caller's main module in every child), started in its own
-    session, and speaks JSON lines on its stdin/stdout (the handler's own stdout goes
-    to stderr).  It rebuilds the registry from ``allow_shell`` and the imported
-    modules, so every handler must come from an import
-    (``HandlerRegistry.added_directly`` must be empty).
-    """
-
-    def __init__(
-        self,
-        registry: HandlerRegistry,
-        workers: int = 4,
-        *,
-        queue_max: int | None = None,
-        cancel_wait_s: float = CANCEL_WAIT_S_DEFAULT,
-        kill_margin_s: float = KILL_MARGIN_S_DEFAULT,
-        name: str = "beaverq-process",
-    ) -> None:
-        if registry.added_directly:
-            raise ValueError(
-                "a process pool rebuilds its handlers from imports; these were added "
-                f"directly and cannot be: {', '.join(registry.added_directly)}"
-            )
-        super().__init__(
-            registry, workers, queue_max=queue_max, cancel_wait_s=cancel_wait_s, name=name
-        )
-        self._kill_margin_s = kill_margin_s
-        self._children: list[_Child | None] = [None] * workers
-        self.processes_started = 0
-        self.processes_killed = 0
-
-    def child_pids(self) -> list[int]:
-        return [child.process.pid for child in self._children if child is not None]
-
-    def _argv(self) -> list[str]:
-        argv = [sys.executable, "-m", "beaverq.impl.workers"]
-        if self._registry.allow_shell:
-            argv.append("--allow-shell")
-        for module in self._registry.imported:
-            argv += ["--import", module]
-        return argv
-
-    def _child(self, index: int) -> _Child:
-        child = self._children[index]
-        if child is not None and child.process.poll() is None:
-            return child
-        self._reap(index)
-        process = subprocess.Popen(
-            self._argv(),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            # Its own session: a Ctrl-C to the runner's terminal does not reach the
-            # workers; the runner decides what a signal means and stops them itself.
-            start_new_session=True,
-            # The parent's sys.path, so modules found by the parent are found here.
-            env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p)),
-        )
-        assert process.stdin is not None and process.stdout is not None
-        child = _Child(process, process.stdin, process.stdout)
-        self._children[index] = child
-        self.processes_started += 1
-        return child
-
-    def _reap(self, index: int, *, kill: bool = False) -> None:
-        child = self._children[index]
-        if child is None:
-            return
-        self._children[index] = None
-        if kill and child.process.poll() is None:
-            # The worker leads its own process group: kill everything in it.
-            kill_process_group(child.process.pid)
-            self.processes_killed += 1
-        for stream in (child.to_child, child.from_child):
-            with contextlib.suppress(OSError):
-                stream.close()
-        child.process.wait()
-
-    def _send(self, child: _Child, message: object) -> None:
-        child.to_child.write(json.dumps(message).encode() + b"\n")
-        child.to_child.flush()
-
-    def _execute(self, index: int, task: Task, context: HandlerContext) -> Outcome:
-        request = [
-            "run",
-            task.handler,
-            task.args_json,
-            task.job_id,
-            task.attempt,
-            task.timeout_s,
-            context.deadline,  # CLOCK_MONOTONIC is one clock for every process
-        ]
-        try:
-            child = self._child(index)
-            self._send(child, request)
-        except OSError:
-            # The process died between tasks: one fresh process, one more try.
-            self._reap(index, kill=True)
-            child = self._child(index)
-            self._send(child, request)
-        kill_at = context.deadline + self._kill_margin_s
-        cancel_sent = False
-        while True:
-            if context.cancelled.is_set() and not cancel_sent:
-                with contextlib.suppress(OSError):
-                    self._send(child, ["cancel"])
-                cancel_sent = True
-                kill_at = min(kill_at, time.monotonic() + self._kill_margin_s)
-            remaining = kill_at - time.monotonic()
-            if remaining <= 0:
-                self._reap(index, kill=True)
-                why = "cancellation" if cancel_sent else "deadline"
-                return Outcome.failure(
-                    f"{task.handler}: still running {self._kill_margin_s:g} s after its "
-                    f"{why}; its worker process was killed and replaced"
-                )
-            # One task, one answer line: nothing is ever left in the reader's buffer
-            # when select says the pipe is empty.
-            # poll, not select: select fails on descriptors numbered 1024 or more,
-            # which a long-lived runner (or a test session) can reach.
-            poller = select.poll()
-            poller.register(child.from_child, select.POLLIN | select.POLLHUP)
-            if not poller.poll(min(remaining, PROCESS_POLL_S) * 1000):
-                continue
-            line = child.from_child.readline()
-            if line:
-                ok, result_json, error = json.loads(line)
-                return Outcome(ok, result_json, error)
-            code = child.process.wait()
-            self._reap(index)
-            return Outcome.failure(
-                f"{task.handler}: its worker process died (exit status {code}) while "
-                "running it; a fresh process takes the next task"
-            )
-
-    def _after_threads(self) -> None:
-        for index, child in enumerate(self._children):
-            if child is None:
-                continue
-            with contextlib.suppress(OSError):
-                self._send(child, ["stop"])
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.process.wait(self._kill_margin_s)
-            self._reap(index, kill=True)
-
-
-def _worker_process_main(argv: list[str]) -> None:
-    """A worker process: run the tasks the parent sends, one at a time, on the main
-    thread; a reader thread takes the parent's messages, so a cancel reaches the
-    running handler's context at once."""
-    allow_shell = "--allow-shell" in argv
-    imports = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--import"]
-    # The protocol gets its own descriptors; a handler's print() goes to stderr and
-    # its input() reads nothing, so neither can corrupt the conversation.
-    to_parent = os.fdopen(os.dup(1), "wb")
-    from_parent = os.fdopen(os.dup(0), "rb")
-    os.dup2(2, 1)
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.close(devnull)
-    registry = HandlerRegistry(allow_shell=allow_shell)
-    for module in imports:
-        registry.import_module(module)
-    tasks: queue.SimpleQueue[list[Any] | None] = queue.SimpleQueue()
-    current: list[HandlerContext] = []
-    lock = threading.Lock()
-
-    def read() -> None:
-        for line in from_parent:
-            message = json.loads(line)
-            if message[0] == "cancel":
-                with lock:
-                    for context in current:
-                        context.cancelled.set()
-            elif message[0] == "run":
-                tasks.put(message[1:])
-            else:
-                break
-        tasks.put(None)  # "stop", or the parent is gone
-
-    threading.Thread(target=read, name="beaverq-child-reader", daemon=True).start()
-    while True:
-        message = tasks.get()
-        if message is None:
-            return
-        handler, args_json, job_id, attempt, timeout_s, deadline = message
-        context = HandlerContext(
-            job_id=job_id, attempt=attempt, timeout_s=timeout_s, deadline=deadline
-        )
-        with lock:
-            current[:] = [context]
-        outcome = registry.run(handler, args_json, context)
-        with lock:
-            current.clear()
-        to_parent.write(
-            json.dumps([outcome.ok, outcome.result_json, outcome.error]).encode() + b"\n"
-        )
-        to_parent.flush()
-
-
-if __name__ == "__main__":
-    _worker_process_main(sys.argv[1:])

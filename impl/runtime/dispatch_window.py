@@ -4,7 +4,7 @@ Flow control, not a lifecycle decision: the model decides *whether* a job may be
 leased; this decides only how far ahead of the workers the controller leases.
 
 Why lease ahead at all: a worker may start a job only once its ``LeaseGranted`` is
-durable (R2 in impl/controller.py), and a durable append costs one fsync, a few
+durable (R2 in impl/runtime/controller.py), and a durable append costs one fsync, a few
 milliseconds here.  Leasing only for idle workers hands out ``workers`` jobs per fsync,
 so short jobs run at ``workers / fsync latency`` whatever the CPU could do (measured:
 4 workers, no-op jobs, about 2,100 jobs/s).  Leasing a few fsyncs ahead fills a whole
@@ -27,7 +27,7 @@ import attrs
 HORIZON_S_DEFAULT = 0.05
 #: Weight of the newest running time in the moving average.
 SMOOTHING = 0.2
-#: The safety net (Controller._withdraw_waiting): a task that has waited this fraction
+#: The safety net (loops.withdraw_waiting): a task that has waited this fraction
 #: of its timeout without starting is taken back and its lease released, uncounted,
 #: well before the lease could expire and count.  The window is sized from *past*
 #: running times, so after a run of quick jobs a batch of slow ones can be leased

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from beaverq.model import Event
+from beaverq.model.errors import BrokenInvariant
 
 from .storage import Storage
 from .wal import Batch, WalFailed
@@ -34,8 +35,10 @@ class GroupCommit:
         clock: Callable[[], float] = time.monotonic,
         on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
-        assert events_max >= 1
-        assert delay_s >= 0
+        if not (events_max >= 1):
+            raise BrokenInvariant("broken invariant: events_max >= 1")
+        if not (delay_s >= 0):
+            raise BrokenInvariant("broken invariant: delay_s >= 0")
         self._storage = storage
         self._events_max = events_max
         self._delay_s = delay_s
@@ -57,7 +60,8 @@ class GroupCommit:
         """Frame ``events``; return the LSN to wait for (not durable yet)."""
         with self._lock:
             self._raise_if_failed()
-            assert not self._closing, "append after close"
+            if self._closing:
+                raise BrokenInvariant("append after close")
             self._storage.append(events)
             pending = self._storage.pending_events
             if self._first_pending_at is None and pending:
@@ -126,7 +130,8 @@ class GroupCommit:
         while True:
             pending = self._storage.pending_events
             if pending:
-                assert self._first_pending_at is not None
+                if self._first_pending_at is None:
+                    raise BrokenInvariant("broken invariant: self._first_pending_at is not None")
                 due_at = self._first_pending_at + self._delay_s
                 if pending >= self._events_max or self._closing or self._clock() >= due_at:
                     self._first_pending_at = None

@@ -3,14 +3,21 @@
 The model never reads a clock; every command carries ``now_ms``.  The shell that
 builds those commands asks a clock for the time.  In a simulation that clock is
 this one: an integer count of milliseconds that the simulation loop advances,
-so a run is a function of its seed and never of how fast the machine is.
+so a run is a function of its seed and never of how fast the machine is.  The
+controller's deterministic tests (tests/test_controller.py) drive it the same way: it
+has both of the runtime's times (``beaverq.impl.runtime.clock.Clock``).
 """
 
 from __future__ import annotations
 
 
 class FakeClock:
-    """Integer milliseconds since an arbitrary epoch; monotonic by construction."""
+    """Integer milliseconds since an arbitrary epoch; monotonic by construction.
+
+    ``monotonic()`` is ``now_ms() / 1000``: in a test one fake time is enough, and
+    keeping the two in step means a tick interval and a lease timeout are measured
+    on the same axis.
+    """
 
     def __init__(self, start_ms: int = 0) -> None:
         if start_ms < 0:
@@ -31,3 +38,6 @@ class FakeClock:
         if by_ms < 0:
             raise ValueError(f"time cannot go back: advance by {by_ms} ms")
         self._now_ms += by_ms
+
+    def monotonic(self) -> float:
+        return self.now_ms() / 1000.0
