@@ -197,10 +197,12 @@ MUTATIONS: tuple[Mutation, ...] = (
         (
             Edit(
                 "impl/storage/wal.py",
-                "            assert current is not None\n"
+                "            if current is None:\n"
+                '                raise BrokenInvariant("a batch was written, but to no segment")\n'
                 "            if unsynced:\n"
                 "                self._fs.fsync(current)\n",
-                "            assert current is not None\n",
+                "            if current is None:\n"
+                '                raise BrokenInvariant("a batch was written, but to no segment")\n',
             ),
         ),
         (WAL, TEETH, EXHAUSTIVE, CRASH),

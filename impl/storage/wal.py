@@ -175,7 +175,7 @@ class WalWriter:
                     self._fs.append(chunk.path, data)
                     unsynced = True
             if current is None:
-                raise BrokenInvariant("broken invariant: current is not None")
+                raise BrokenInvariant("a batch was written, but to no segment")
             if unsynced:
                 self._fs.fsync(current)
             if created:
