@@ -34,32 +34,18 @@ import attrs
 
 from beaverq.model import (
     Cancel,
-    CancelRequested,
     Command,
     Complete,
-    DelayElapsed,
     Enqueue,
     Event,
     Fail,
-    JobCancelled,
-    JobCompleted,
     JobEnqueued,
-    JobFailed,
-    JobForgotten,
-    JobRequeued,
-    JobStatus,
     Lease,
-    LeaseAbandoned,
-    LeaseExpired,
     LeaseGranted,
-    LeaseReleased,
     PauseQueue,
-    QueuePaused,
-    QueueResumed,
     Recover,
     Rejected,
     ResumeQueue,
-    State,
     Tick,
     decide,
     evolve,
@@ -72,66 +58,40 @@ from beaverq.model.timers import timers_peek
 from beaverq.spec.invariants import check_all
 
 from .fake_clock import FakeClock
+from .simulation_report import SimulationReport, Summary, event_details, log_line, seconds
+from .simulation_workload import (
+    BACKOFF_BASE_MS,
+    BACKOFF_CAP_MS,
+    CANCEL_AFTER_MS_MAX,
+    CANCELLED_PERCENT,
+    CRASHES_MAX,
+    DELAY_MS_MAX,
+    DELAY_MS_MIN,
+    DELAYED_PERCENT,
+    DOWNTIME_MS_MAX,
+    DOWNTIME_MS_MIN,
+    DUPLICATE_AFTER_MS_MAX,
+    DUPLICATED_PERCENT,
+    HANG_OVERRUN_MS_MAX,
+    JOB_KINDS,
+    JOBS_PER_CRASH,
+    KEYED_PERCENT,
+    KIND_BY_HANDLER,
+    OFFERED_LOAD_PERCENT,
+    PAUSE_MS_MAX,
+    PAUSE_MS_MIN,
+    PAUSED_QUEUE,
+    PRIORITIES,
+    WORK_MS_MAX,
+    WORK_MS_MIN,
+    WORKER_MS_PER_JOB,
+    JobKind,
+)
 
 # Bounds on a run's size: large enough for a real workout, small enough that a
 # typo cannot ask for a run that never ends.
 SIMULATION_JOBS_MAX = 100_000
 SIMULATION_WORKERS_MAX = 1_000
-
-
-@attrs.frozen
-class JobKind:
-    """A family of jobs: where they go, how they are configured, how they behave."""
-
-    queue: str
-    handler: str
-    timeout_ms: int
-    max_attempts: int
-    fail_percent: int  # chance that an attempt reports a failure
-    hang_percent: int  # chance that an attempt runs past its lease and reports late
-    errors: tuple[str, ...]
-
-
-# The mix of work.  Webhooks are flaky on purpose, so that some jobs use up their
-# attempts and end dead; thumbnails hang most, so that expiries are common.
-JOB_KINDS = (
-    JobKind("default", "report.build", 8_000, 3, 10, 3, ("out of memory", "bad input")),
-    JobKind("email", "email.send", 5_000, 4, 15, 5, ("SMTP 451", "connection reset")),
-    JobKind("media", "thumbnail.render", 6_000, 2, 10, 12, ("corrupt image",)),
-    JobKind("webhooks", "webhook.deliver", 4_000, 3, 40, 5, ("HTTP 503", "HTTP 429")),
-)
-_KIND_BY_HANDLER = {kind.handler: kind for kind in JOB_KINDS}
-# The queue the operator pauses for a while, then resumes.
-PAUSED_QUEUE = "media"
-
-PRIORITIES = (-5, 0, 0, 0, 5, 10)  # drawn uniformly: mostly the default priority
-# Jobs arrive about as fast as the workers can take them: busy enough that a
-# backlog forms and priorities matter, not so busy that it grows without end.
-WORKER_MS_PER_JOB = 2_000  # measured: mean worker time per job, retries and hangs included
-OFFERED_LOAD_PERCENT = 90
-DELAYED_PERCENT = 20
-DELAY_MS_MIN, DELAY_MS_MAX = 1_000, 10_000
-KEYED_PERCENT = 15  # jobs enqueued with an idempotency key...
-DUPLICATED_PERCENT = 50  # ...of which this many are sent a second time
-DUPLICATE_AFTER_MS_MAX = 5_000
-CANCELLED_PERCENT = 5
-CANCEL_AFTER_MS_MAX = 6_000
-PAUSE_MS_MIN, PAUSE_MS_MAX = 3_000, 15_000
-WORK_MS_MIN, WORK_MS_MAX = 50, 2_500
-HANG_OVERRUN_MS_MAX = 3_000  # a hung attempt reports this long after its lease ended
-BACKOFF_BASE_MS, BACKOFF_CAP_MS = 500, 8_000
-JOBS_PER_CRASH = 200
-CRASHES_MAX = 5
-DOWNTIME_MS_MIN, DOWNTIME_MS_MAX = 500, 3_000
-
-# An attempt that neither fails nor hangs must finish within its lease, or the
-# three outcomes would blur into each other.
-if not (min(kind.timeout_ms for kind in JOB_KINDS) > WORK_MS_MAX):
-    raise BrokenInvariant(
-        "broken invariant: min(kind.timeout_ms for kind in JOB_KINDS) > WORK_MS_MAX"
-    )
-if PAUSED_QUEUE not in {kind.queue for kind in JOB_KINDS}:
-    raise BrokenInvariant("broken invariant: PAUSED_QUEUE in {kind.queue for kind in JOB_KINDS}")
 
 
 def step_budget(jobs: int) -> int:
@@ -147,82 +107,6 @@ def step_budget(jobs: int) -> int:
 
 class SimulationFailed(Exception):
     """The run broke a property it checks: stuck, inconsistent, or an invariant broken."""
-
-
-# -- The report. ----------------------------------------------------------------------
-
-
-@attrs.frozen(kw_only=True)
-class Summary:
-    enqueued: int
-    duplicates: int  # enqueues absorbed by an idempotency key (no event)
-    completed: int
-    dead: int
-    cancelled: int
-    retried: int  # JobFailed / LeaseExpired / LeaseAbandoned that led to a retry
-    leases: int
-    expiries: int
-    abandoned: int
-    crashes: int
-    late_results: int  # results refused by the attempt fence
-    cancels: int  # Cancel commands issued
-    final_lsn: int
-    simulated_ms: int
-    steps: int
-    invariants: str  # "hold" once the spec invariants were checked
-
-    def rows(self) -> list[tuple[str, str]]:
-        return [
-            ("enqueued", str(self.enqueued)),
-            ("duplicate enqueues", str(self.duplicates)),
-            ("completed", str(self.completed)),
-            ("dead", str(self.dead)),
-            ("cancelled", str(self.cancelled)),
-            ("retried", str(self.retried)),
-            ("leases", str(self.leases)),
-            ("expiries", str(self.expiries)),
-            ("abandoned leases", str(self.abandoned)),
-            ("crashes", str(self.crashes)),
-            ("late results refused", str(self.late_results)),
-            ("cancels issued", str(self.cancels)),
-            ("final LSN", str(self.final_lsn)),
-            ("simulated time", seconds(self.simulated_ms)),
-            ("steps", str(self.steps)),
-            ("replay of the log", "matches"),
-            ("spec invariants", self.invariants),
-        ]
-
-
-@attrs.frozen(kw_only=True)
-class SimulationReport:
-    seed: int
-    jobs: int
-    workers: int
-    log: tuple[str, ...]  # one line per event, plus notes (lines marked "--")
-    summary: Summary
-    events: tuple[Event, ...]
-    final_state: State
-
-    def header(self) -> str:
-        return f"beaverq simulation: seed {self.seed}, {self.jobs} jobs, {self.workers} workers"
-
-    def summary_lines(self) -> list[str]:
-        lines = ["summary"]
-        lines += [f"  {label:<22}{value:>12}" for label, value in self.summary.rows()]
-        return lines
-
-    def render(self, quiet: bool = False) -> str:
-        """The whole output, ending in a newline; ``quiet`` leaves out the event log."""
-        lines = [self.header(), ""]
-        if not quiet:
-            lines += [*self.log, ""]
-        lines += self.summary_lines()
-        return "\n".join(lines) + "\n"
-
-
-def seconds(ms: int) -> str:
-    """``1250`` -> ``"1.250s"``, in integer arithmetic (no float rounding surprises)."""
-    return f"{ms // 1000}.{ms % 1000:03d}s"
 
 
 # -- The scenario: what happens to the queue from outside. ------------------------------
@@ -530,7 +414,7 @@ class _Simulation:
             self.workers[name] = self._draw_work(granted)
 
     def _draw_work(self, granted: LeaseGranted) -> _Work:
-        kind = _KIND_BY_HANDLER[self.state.jobs[granted.job_id].spec.handler]
+        kind = KIND_BY_HANDLER[self.state.jobs[granted.job_id].spec.handler]
         roll = self.rng.randrange(100)
         if roll < kind.hang_percent:
             outcome = "hang"
@@ -563,7 +447,7 @@ class _Simulation:
     def _result_command(self, work: _Work) -> Command:
         now_ms = self._now()
         if work.outcome == "fail":
-            kind = _KIND_BY_HANDLER[self.state.jobs[work.job_id].spec.handler]
+            kind = KIND_BY_HANDLER[self.state.jobs[work.job_id].spec.handler]
             return Fail(
                 now_ms=now_ms,
                 job_id=work.job_id,
@@ -598,63 +482,12 @@ class _Simulation:
             self.tally["retried"] += 1
 
     def _describe(self, event: Event) -> str:
-        """One line for an event just applied (so the job's state is its outcome)."""
-        return _line(event.at_ms, f"#{event.lsn}", type(event).__name__, self._details(event))
-
-    def _details(self, event: Event) -> str:
-        match event:
-            case JobEnqueued(spec=spec):
-                text = (
-                    f"{spec.job_id} queue={spec.queue} handler={spec.handler} "
-                    f"priority={spec.priority} attempts={spec.max_attempts} "
-                    f"timeout={seconds(spec.timeout_ms)}"
-                )
-                if event.ready_at_ms > event.at_ms:
-                    text += f" ready_at={seconds(event.ready_at_ms)}"
-                if spec.idempotency_key is not None:
-                    text += f" key={spec.idempotency_key}"
-                return text
-            case LeaseGranted():
-                return (
-                    f"{event.job_id} attempt={event.attempt} worker={event.worker_id} "
-                    f"expires={seconds(event.expires_at_ms)}"
-                )
-            case JobCompleted():
-                return f"{event.job_id} attempt={event.attempt}"
-            case JobFailed():
-                return (
-                    f"{event.job_id} attempt={event.attempt} error={json.dumps(event.error)} "
-                    f"{self._fate(event.job_id)}"
-                )
-            case LeaseExpired() | LeaseAbandoned():
-                return f"{event.job_id} attempt={event.attempt} {self._fate(event.job_id)}"
-            case LeaseReleased():
-                # Not issued by the simulator today (no graceful stop in its story), but
-                # every event a log can hold has a description.
-                return (
-                    f"{event.job_id} attempt={event.attempt} released, not counted "
-                    f"{self._fate(event.job_id)}"
-                )
-            case (
-                DelayElapsed() | CancelRequested() | JobCancelled() | JobRequeued() | JobForgotten()
-            ):
-                return event.job_id
-            case QueuePaused() | QueueResumed():
-                return f"queue={event.queue}"
-        raise AssertionError(f"no description for {event!r}")
-
-    def _fate(self, job_id: str) -> str:
-        """Where an attempt that did not succeed led its job."""
-        job = self.state.jobs[job_id]
-        if job.status is JobStatus.DELAYED:
-            return f"-> retry at {seconds(job.ready_at_ms)}"
-        if job.status is JobStatus.PENDING:
-            return "-> retry now"
-        return f"-> {job.status.value}"
+        """One line for an event just applied."""
+        return log_line(event.at_ms, f"#{event.lsn}", type(event).__name__, event_details(event))
 
     def _note(self, what: str, details: str) -> None:
         """A log line for something that is not an event: no LSN, marked ``--``."""
-        self.log.append(_line(self._now(), "--", what, details))
+        self.log.append(log_line(self._now(), "--", what, details))
 
     # -- The end of the run: its checks and its report. ----------------------------------
 
@@ -712,7 +545,3 @@ class _Simulation:
             raise SimulationFailed(f"seed {self.seed}: replaying the log gives another state")
         if replay(rebuilt, self.events) != rebuilt:
             raise SimulationFailed(f"seed {self.seed}: replaying the log twice is not idempotent")
-
-
-def _line(at_ms: int, lsn: str, what: str, details: str) -> str:
-    return f"[{seconds(at_ms):>9}] {lsn:<6} {what:<15} {details}".rstrip()
