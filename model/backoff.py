@@ -14,18 +14,14 @@ from .limits import ATTEMPTS_MAX, BACKOFF_CAP_MS_MAX
 
 
 def backoff_ms(attempts_used: int, base_ms: int, cap_ms: int, jitter_seed: int) -> int:
-    if not (1 <= attempts_used <= ATTEMPTS_MAX):
-        raise BrokenInvariant(
-            f"broken invariant: 1 <= attempts_used <= ATTEMPTS_MAX: {attempts_used!r}"
-        )
-    if not (0 <= base_ms <= cap_ms <= BACKOFF_CAP_MS_MAX):
-        raise BrokenInvariant(
-            f"broken invariant: 0 <= base_ms <= cap_ms <= BACKOFF_CAP_MS_MAX: {(base_ms, cap_ms)!r}"
-        )
+    if not 1 <= attempts_used <= ATTEMPTS_MAX:
+        raise BrokenInvariant(f"backoff after {attempts_used} attempts (1..ATTEMPTS_MAX)")
+    if not 0 <= base_ms <= cap_ms <= BACKOFF_CAP_MS_MAX:
+        raise BrokenInvariant(f"backoff base {base_ms} ms, cap {cap_ms} ms: out of order")
     # Shift at most 62 places: beyond that the cap has long taken over.
     window_ms = min(cap_ms, base_ms << min(attempts_used - 1, 62))
     floor_ms = window_ms // 2
     delay_ms = floor_ms + jitter_seed % (window_ms - floor_ms + 1)
-    if not (floor_ms <= delay_ms <= window_ms <= cap_ms):
-        raise BrokenInvariant("broken invariant: floor_ms <= delay_ms <= window_ms <= cap_ms")
+    if not floor_ms <= delay_ms <= window_ms <= cap_ms:
+        raise BrokenInvariant(f"delay {delay_ms} ms outside [{floor_ms}, {window_ms}]")
     return delay_ms

@@ -77,15 +77,13 @@ def restore(checkpoint: Checkpoint) -> State:
             ready_items.setdefault((job.spec.queue, job.spec.priority), {})[job.slot] = job_id
         elif status is IN_FLIGHT:
             if job.lease_expires_at_ms is None:
-                raise BrokenInvariant(
-                    f"broken invariant: job.lease_expires_at_ms is not None: {job_id!r}"
-                )
+                raise BrokenInvariant(f"checkpoint: in-flight job {job_id!r} has no lease expiry")
             in_flight[job_id] = job.lease_expires_at_ms
         elif status in FINISHED:
             finished_items[job.slot] = job_id
         else:
             if status is not DELAYED:
-                raise BrokenInvariant(f"broken invariant: status is DELAYED: {(job_id, status)!r}")
+                raise BrokenInvariant(f"checkpoint: job {job_id!r} has status {status.name}")
         if job.spec.idempotency_key is not None:
             keys[job.spec.idempotency_key] = job_id
     ready = {}
@@ -114,7 +112,7 @@ def restore(checkpoint: Checkpoint) -> State:
     # writer recorded are the counts the reader finds.
     if counts != checkpoint.counts:
         raise BrokenInvariant(
-            f"broken invariant: counts == checkpoint.counts: {(counts, checkpoint.counts)!r}"
+            f"checkpoint: recorded counts {checkpoint.counts} but the jobs count {counts}"
         )
     return State(
         jobs=immutables.Map(jobs),

@@ -37,12 +37,10 @@ def fifo_push(fifo: Fifo, job_id: str) -> tuple[Fifo, int]:
 
 
 def fifo_remove(fifo: Fifo, slot: int) -> Fifo:
-    if not (fifo.head <= slot < fifo.tail):
-        raise BrokenInvariant(
-            f"broken invariant: fifo.head <= slot < fifo.tail: {(slot, fifo.head, fifo.tail)!r}"
-        )
+    if not fifo.head <= slot < fifo.tail:
+        raise BrokenInvariant(f"slot {slot} is outside the FIFO [{fifo.head}, {fifo.tail})")
     if slot not in fifo.items:
-        raise BrokenInvariant(f"broken invariant: slot in fifo.items: {slot!r}")
+        raise BrokenInvariant(f"slot {slot} of the FIFO is empty")
     items = fifo.items.delete(slot)
     if not items:
         return EMPTY_FIFO
@@ -53,7 +51,7 @@ def fifo_remove(fifo: Fifo, slot: int) -> Fifo:
         head = slot + 1
         while head not in items:
             head += 1
-            if not (head < fifo.tail):
+            if head >= fifo.tail:
                 raise BrokenInvariant("a non-empty FIFO has an item before its tail")
     return Fifo(head, fifo.tail, items)
 
@@ -67,8 +65,8 @@ def fifo_first(fifo: Fifo) -> tuple[int, str] | None:
     # Bounded: a non-empty FIFO has an item before ``tail``.
     while slot not in items:
         slot += 1
-        if not (slot < fifo.tail):
-            raise BrokenInvariant("broken invariant: slot < fifo.tail")
+        if slot >= fifo.tail:
+            raise BrokenInvariant("a non-empty FIFO has an item before its tail")
     return slot, items[slot]
 
 

@@ -27,20 +27,16 @@ _FIELD_NAMES: dict[type[Any], frozenset[str]] = {}
 
 def _check_class(cls: type[Any]) -> frozenset[str]:
     if not attrs.has(cls):
-        raise BrokenInvariant(f"broken invariant: attrs.has(cls): {cls!r}")
+        raise BrokenInvariant(f"{cls!r} is not an attrs class")
     if "__slots__" in cls.__dict__:
         raise BrokenInvariant(f"{cls.__name__} must be dict-backed (slots=False)")
     if hasattr(cls, "__attrs_post_init__"):
-        raise BrokenInvariant(f'broken invariant: not hasattr(cls, "__attrs_post_init__"): {cls!r}')
+        raise BrokenInvariant(f"{cls.__name__} has __attrs_post_init__, which a copy would skip")
     for field in attrs.fields(cls):
         if field.validator is not None:
-            raise BrokenInvariant(
-                f"broken invariant: field.validator is None: {(cls, field.name)!r}"
-            )
+            raise BrokenInvariant(f"{cls.__name__}.{field.name} has a validator a copy would skip")
         if field.converter is not None:
-            raise BrokenInvariant(
-                f"broken invariant: field.converter is None: {(cls, field.name)!r}"
-            )
+            raise BrokenInvariant(f"{cls.__name__}.{field.name} has a converter a copy would skip")
     names = frozenset(field.name for field in attrs.fields(cls))
     _FIELD_NAMES[cls] = names
     return names

@@ -57,7 +57,7 @@ class Counts:
     def moved(self, source: JobStatus, target: JobStatus) -> Counts:
         """The counts after one job moves from ``source`` to ``target``."""
         if source is target:
-            raise BrokenInvariant("broken invariant: source is not target")
+            raise BrokenInvariant(f"a move from {source.name} to itself changes no count")
         values = [
             self.pending,
             self.delayed,

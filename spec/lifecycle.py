@@ -164,9 +164,7 @@ def spec_edges() -> frozenset[SpecEdge]:
             for transition in transitions:
                 # Every declaration names a target; None would be an internal move.
                 if transition.dest is None:
-                    raise BrokenInvariant(
-                        f"broken invariant: transition.dest is not None: {(trigger, source)!r}"
-                    )
+                    raise BrokenInvariant(f"{trigger} from {source!r} declares no target")
                 found.add((source, trigger, transition.dest))
     if not found:
         raise BrokenInvariant("the machine registered no edges")
@@ -194,7 +192,7 @@ class LifecycleMachine:
     def __init__(self, status: str = ABSENT) -> None:
         self.machine = build_machine(self, initial=status)
         if self.status != status:
-            raise BrokenInvariant("broken invariant: self.status == status")
+            raise BrokenInvariant(f"the machine starts in {self.status!r}, not {status!r}")
 
     def fire(self, trigger: str, target: str) -> str:
         """Move along the edge (status, trigger, target); return the new status."""

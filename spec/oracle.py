@@ -548,7 +548,7 @@ class Oracle:
                 break
             oldest = self.jobs[self.finished_order[0]]
             if oldest.finished_at_ms is None:
-                raise BrokenInvariant("broken invariant: oldest.finished_at_ms is not None")
+                raise BrokenInvariant(f"finished job {oldest.job_id!r} has no finish time")
             too_many = len(self.finished_order) > c.finished_jobs_retained_max
             too_old = oldest.finished_at_ms + c.retention_ms <= now
             if not (too_many or too_old):
