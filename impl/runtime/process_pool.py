@@ -52,9 +52,9 @@ class ProcessPool(_PoolBase):
     interpreter (worker_isolation.py: the working directory is not on its path),
     started in its own session, and speaks JSON lines on its stdin/stdout (the
     handler's own stdout goes to stderr).  It dies with the runner: at end-of-file on
-    its stdin it kills every process it started and exits at once.  It rebuilds the registry from ``allow_shell`` and the imported
-    modules, so every handler must come from an import
-    (``HandlerRegistry.added_directly`` must be empty).
+    its stdin it kills every process it started and exits at once.  It rebuilds the
+    registry from ``allow_shell`` and the imported modules, so every handler must come
+    from an import (``HandlerRegistry.added_directly`` must be empty).
     """
 
     def __init__(
