@@ -216,6 +216,16 @@ def _worker_process_main(argv: list[str]) -> None:
     tasks: queue.SimpleQueue[list[Any] | None] = queue.SimpleQueue()
     current: list[HandlerContext] = []
     lock = threading.Lock()
+    dying = threading.Lock()
+
+    def parent_gone() -> None:
+        # The runner is gone (killed, even by SIGKILL): its leases will be recovered
+        # and run again, so this attempt must not go on beside the next one.  Kill
+        # what it started, and die now; one thread does it (the other waits here for
+        # the end), so that no thread's exit ends the process before the sweep does.
+        with dying:
+            kill_children()
+            os._exit(1)
 
     def read() -> None:
         for line in from_parent:
@@ -229,11 +239,7 @@ def _worker_process_main(argv: list[str]) -> None:
             else:
                 tasks.put(None)  # "stop": finish the task in hand, then exit
                 return
-        # End of file without "stop": the runner is gone (killed, even by SIGKILL).
-        # Its leases will be recovered and run again, so this attempt must not go on
-        # beside the next one: kill what it started, and die now.
-        kill_children()
-        os._exit(1)
+        parent_gone()  # end of file without "stop"
 
     threading.Thread(target=read, name="beaverq-child-reader", daemon=True).start()
     while True:
@@ -249,10 +255,13 @@ def _worker_process_main(argv: list[str]) -> None:
         outcome = registry.run(handler, args_json, context)
         with lock:
             current.clear()
-        to_parent.write(
-            json.dumps([outcome.ok, outcome.result_json, outcome.error]).encode() + b"\n"
-        )
-        to_parent.flush()
+        try:
+            to_parent.write(
+                json.dumps([outcome.ok, outcome.result_json, outcome.error]).encode() + b"\n"
+            )
+            to_parent.flush()
+        except OSError:
+            parent_gone()
 
 
 if __name__ == "__main__":
