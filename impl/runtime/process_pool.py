@@ -245,6 +245,7 @@ def _worker_process_main(argv: list[str]) -> None:
     while True:
         message = tasks.get()
         if message is None:
+            kill_children()  # a stop: what the handlers left running goes with us
             return
         handler, args_json, job_id, attempt, timeout_s, deadline = message
         context = HandlerContext(
