@@ -140,14 +140,18 @@ class RealFileSystem:
         # directory any user may write, so anyone could plant a control.sock below).
         missing: list[str] = []
         current = os.path.abspath(path)
-        while not os.path.isdir(current) and current not in missing:  # bounded by depth
+        while not os.path.exists(current) and current not in missing:  # bounded by depth
             missing.append(current)
             current = os.path.dirname(current)
+        if not missing and not os.path.isdir(current):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
         for directory in reversed(missing):
             try:
                 os.mkdir(directory, 0o700)
             except FileExistsError:
-                continue  # made meanwhile by someone else: the owner check judges it
+                if os.path.isdir(directory):
+                    continue  # made meanwhile by someone else: the owner check judges it
+                raise
             os.chmod(directory, 0o700)  # the umask may have taken bits 0700 needs
 
     def lock(self, path: str) -> None:
