@@ -33,7 +33,7 @@ class WalArchive:
     def __init__(self, data_dir: str, archive_dir: str) -> None:
         self.data_dir = data_dir
         self.directory = archive_dir
-        os.makedirs(archive_dir, exist_ok=True)
+        os.makedirs(archive_dir, mode=0o700, exist_ok=True)
 
     def sync(self) -> None:
         from beaverq.impl.storage.segments import parse_segment_name

@@ -38,6 +38,7 @@ from beaverq.impl.storage.fs import DataDirLocked, RealFileSystem, StorageError
 from beaverq.model.errors import BrokenInvariant
 
 from .control import ControlServer, _perform_or_fail, execute, job_request
+from .trust import Untrusted, check_data_dir
 
 
 class RunFailed(Exception):
@@ -77,6 +78,11 @@ class Runner:
 
     def start(self) -> Runner:
         """Recover the data directory, start the loops, then serve the socket."""
+        try:
+            check_data_dir(self.data_dir)  # never run jobs into another user's directory
+        except Untrusted as untrusted:
+            self._fs.close()
+            raise RunFailed(str(untrusted)) from None
         try:
             self.pool = (
                 ProcessPool(self._registry, self._workers)

@@ -59,6 +59,8 @@ from beaverq.model import (
 )
 from beaverq.model.errors import BrokenInvariant
 
+from .trust import Untrusted, check_data_dir, check_peer, check_socket_file
+
 SOCKET_NAME = "control.sock"
 LINE_BYTES_MAX = 256 * 1024 * 1024  # a batch of a few hundred thousand jobs fits
 #: How long a command waits while the lock is held and no socket answers: a runner
@@ -320,15 +322,24 @@ def _encode(message: Mapping[str, Any]) -> bytes:
 
 def request_runner(data_dir: str, op: str, params: Mapping[str, Any]) -> tuple[bool, Any]:
     """Ask the runner.  ``(False, None)`` when nothing listens on the socket;
-    ``(True, result)`` when it answered; ``CommandFailed`` when it refused."""
+    ``(True, result)`` when it answered; ``CommandFailed`` when it refused, or when
+    the directory, the socket or the process answering is not the user's (trust.py:
+    then nothing is sent)."""
+    path = socket_path(data_dir)
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     with client:
         try:
-            client.connect(socket_path(data_dir))
+            check_data_dir(data_dir)
+            if not check_socket_file(path):
+                return False, None
+            client.connect(path)
+            check_peer(client, path)
+        except Untrusted as untrusted:
+            raise CommandFailed(str(untrusted)) from None
         except (FileNotFoundError, ConnectionRefusedError):
             return False, None
         except OSError as error:
-            raise CommandFailed(f"{socket_path(data_dir)}: {error.strerror or error}") from None
+            raise CommandFailed(f"{path}: {error.strerror or error}") from None
         with client.makefile("rwb") as stream:
             stream.write(_encode({"op": op, "params": dict(params)}))
             stream.flush()
@@ -396,6 +407,10 @@ def execute_locally(data_dir: str, op: str, params: Mapping[str, Any]) -> Any:
     operation = OPERATIONS.get(op)
     if operation is None:
         raise CommandFailed(f"unknown operation {op!r}")
+    try:
+        check_data_dir(data_dir)  # another user's directory: not even read
+    except Untrusted as untrusted:
+        raise CommandFailed(str(untrusted)) from None
     creating = operation.command is Enqueue
     if not os.path.isdir(data_dir) and not (creating and not os.path.exists(data_dir)):
         # Only an enqueue creates a data directory: anything else would leave an

@@ -37,10 +37,12 @@ which is almost certainly a typo in ``--import``.
 ``shell`` (``{"argv": [...]}``) runs a program without a shell in between.  Exit
 status 0 is success (the result holds the status and the tail of stdout); anything
 else fails the attempt with the status and the tail of stderr.  The program sees
-``BEAVERQ_JOB_ID`` and ``BEAVERQ_ATTEMPT``.  It starts in its own process group
-(``start_new_session=True``), and that whole group is killed when the attempt ends
-in any way: at its deadline, on shutdown, and after a normal exit too, so no
-process a job started outlives its attempt.
+``BEAVERQ_JOB_ID`` and ``BEAVERQ_ATTEMPT``.  It starts under an attempt keeper
+(attempt_keeper.py), in its own process group, and when the attempt ends in any way
+(at its deadline, on shutdown, after a normal exit, or because the runner or worker
+process that started it died, SIGKILL included) the keeper kills that group and,
+on Linux, every process the program started, even one that left the group with
+``setsid``: no process a job started outlives its attempt (docs/security.md).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ import math
 import os
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -62,6 +65,8 @@ import attrs
 
 from beaverq.model import limits
 from beaverq.model.validation import check_json
+
+from . import attempt_keeper
 
 #: How often a waiting ``shell`` handler looks at its deadline and the cancel flag.
 SHELL_POLL_S = 0.02
@@ -291,28 +296,18 @@ def _shell(args: Any, context: HandlerContext) -> dict[str, Any]:
     with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
         # Files, not pipes: a background process that keeps a pipe open would make
         # reading it block past the program's exit.
+        keeper, status_pipe = _start_keeper(argv, stdout, stderr, env)
         try:
-            process = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=stdout,
-                stderr=stderr,
-                env=env,
-                start_new_session=True,  # its own process group: killed as a whole
-                close_fds=True,
-            )
-        except OSError as error:
-            raise JobFailure(f"shell: cannot start {argv[0]!r}: {error}") from None
-        try:
-            ending = _wait_for(process, context)
+            ending = _wait_for(keeper, context)
         finally:
-            # Whatever happened (exit, deadline, shutdown, an exception here), the
-            # group goes: no process a job started outlives its attempt.  Linux does
-            # not reuse a pid while it names a live process group, so the leader's
-            # pid still names this group even after the leader was reaped.
-            kill_process_group(process.pid)
-            process.wait()
-        status = process.returncode
+            # Whatever happened (exit, deadline, shutdown, an exception here), closing
+            # the keeper's stdin ends the attempt: the keeper kills the program's
+            # process group and every process re-parented to it, then exits.
+            _stop_keeper(keeper)
+        with status_pipe:
+            report = _keeper_report(status_pipe.read())
+        if "error" in report:
+            raise JobFailure(f"shell: cannot start {argv[0]!r}: {report['error']}")
         if ending == "deadline":
             raise JobFailure(
                 f"shell: {argv[0]} timed out after {context.timeout_s:g} s; "
@@ -320,11 +315,64 @@ def _shell(args: Any, context: HandlerContext) -> dict[str, Any]:
             )
         if ending == "cancelled":
             raise JobFailure(f"shell: {argv[0]} interrupted by shutdown; process group killed")
+        status = report.get("status")
+        if not isinstance(status, int):
+            raise JobFailure(f"shell: {argv[0]}: its keeper process died without reporting")
         if status != 0:
             how = f"killed by signal {-status}" if status < 0 else f"exited with status {status}"
             tail = _tail(stderr)
             raise JobFailure(f"shell: {argv[0]} {how}" + (f": {tail}" if tail else ""))
         return {"exit_status": 0, "stdout": _tail(stdout)}
+
+
+#: The keeper's program (attempt_keeper.py): run as a file, with ``-I -S``, so that it
+#: imports nothing from the working directory, the environment or site-packages.
+_KEEPER = attempt_keeper.__file__
+#: How long a keeper may take to kill its program's processes once told to.
+KEEPER_STOP_S = 10.0
+
+
+def _start_keeper(
+    argv: list[str], stdout: IO[bytes], stderr: IO[bytes], env: dict[str, str]
+) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
+    """Start ``argv`` under an attempt keeper; its report comes on the returned pipe."""
+    status_read, status_write = os.pipe()
+    try:
+        keeper = subprocess.Popen(
+            [sys.executable, "-I", "-S", _KEEPER, str(status_write), *argv],
+            stdin=subprocess.PIPE,
+            stdout=stdout,
+            stderr=stderr,
+            env=env,
+            start_new_session=True,  # no terminal signal reaches it: the handler decides
+            close_fds=True,
+            pass_fds=(status_write,),
+        )
+    except BaseException:
+        os.close(status_read)
+        raise
+    finally:
+        os.close(status_write)
+    return keeper, os.fdopen(status_read, "rb")
+
+
+def _stop_keeper(keeper: subprocess.Popen[bytes]) -> None:
+    if keeper.stdin is not None:
+        with contextlib.suppress(OSError):
+            keeper.stdin.close()
+    try:
+        keeper.wait(KEEPER_STOP_S)
+    except subprocess.TimeoutExpired:  # a keeper that does not stop: its group goes
+        kill_process_group(keeper.pid)
+        keeper.wait()
+
+
+def _keeper_report(text: bytes) -> dict[str, Any]:
+    try:
+        report = json.loads(text)
+    except ValueError:
+        return {}
+    return report if isinstance(report, dict) else {}
 
 
 def _wait_for(process: subprocess.Popen[bytes], context: HandlerContext) -> str:

@@ -22,7 +22,9 @@ import attrs
 
 from beaverq.model.errors import BrokenInvariant
 
+from .attempt_keeper import become_subreaper, kill_children
 from .handlers import HandlerContext, HandlerRegistry, Outcome, kill_process_group
+from .worker_isolation import isolated_worker_argv
 from .workers import CANCEL_WAIT_S_DEFAULT, KILL_MARGIN_S_DEFAULT, PROCESS_POLL_S, Task, _PoolBase
 
 
@@ -45,12 +47,14 @@ class ProcessPool(_PoolBase):
     killed if they have not answered within ``kill_margin_s``; every process is
     stopped and reaped before ``shutdown`` returns.
 
-    A worker process is ``python -m beaverq.impl.runtime.process_pool`` (not ``multiprocessing``,
-    which would re-import the caller's main module in every child), started in its own
-    session, and speaks JSON lines on its stdin/stdout (the handler's own stdout goes
-    to stderr).  It rebuilds the registry from ``allow_shell`` and the imported
-    modules, so every handler must come from an import
-    (``HandlerRegistry.added_directly`` must be empty).
+    A worker process runs this module's ``_worker_process_main`` (not ``multiprocessing``,
+    which would re-import the caller's main module in every child) in an isolated
+    interpreter (worker_isolation.py: the working directory is not on its path),
+    started in its own session, and speaks JSON lines on its stdin/stdout (the
+    handler's own stdout goes to stderr).  It dies with the runner: at end-of-file on
+    its stdin it kills every process it started and exits at once.  It rebuilds the
+    registry from ``allow_shell`` and the imported modules, so every handler must come
+    from an import (``HandlerRegistry.added_directly`` must be empty).
     """
 
     def __init__(
@@ -80,12 +84,12 @@ class ProcessPool(_PoolBase):
         return [child.process.pid for child in self._children if child is not None]
 
     def _argv(self) -> list[str]:
-        argv = [sys.executable, "-m", "beaverq.impl.runtime.process_pool"]
+        argv = []
         if self._registry.allow_shell:
             argv.append("--allow-shell")
         for module in self._registry.imported:
             argv += ["--import", module]
-        return argv
+        return isolated_worker_argv(argv, self._registry.imported)
 
     def _child(self, index: int) -> _Child:
         child = self._children[index]
@@ -99,8 +103,6 @@ class ProcessPool(_PoolBase):
             # Its own session: a Ctrl-C to the runner's terminal does not reach the
             # workers; the runner decides what a signal means and stops them itself.
             start_new_session=True,
-            # The parent's sys.path, so modules found by the parent are found here.
-            env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p)),
         )
         if not (process.stdin is not None and process.stdout is not None):
             raise BrokenInvariant(
@@ -197,6 +199,7 @@ def _worker_process_main(argv: list[str]) -> None:
     """A worker process: run the tasks the parent sends, one at a time, on the main
     thread; a reader thread takes the parent's messages, so a cancel reaches the
     running handler's context at once."""
+    become_subreaper()  # a handler's orphaned processes come to us, and die with us
     allow_shell = "--allow-shell" in argv
     imports = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--import"]
     # The protocol gets its own descriptors; a handler's print() goes to stderr and
@@ -213,6 +216,16 @@ def _worker_process_main(argv: list[str]) -> None:
     tasks: queue.SimpleQueue[list[Any] | None] = queue.SimpleQueue()
     current: list[HandlerContext] = []
     lock = threading.Lock()
+    dying = threading.Lock()
+
+    def parent_gone() -> None:
+        # The runner is gone (killed, even by SIGKILL): its leases will be recovered
+        # and run again, so this attempt must not go on beside the next one.  Kill
+        # what it started, and die now; one thread does it (the other waits here for
+        # the end), so that no thread's exit ends the process before the sweep does.
+        with dying:
+            kill_children()
+            os._exit(1)
 
     def read() -> None:
         for line in from_parent:
@@ -224,13 +237,15 @@ def _worker_process_main(argv: list[str]) -> None:
             elif message[0] == "run":
                 tasks.put(message[1:])
             else:
-                break
-        tasks.put(None)  # "stop", or the parent is gone
+                tasks.put(None)  # "stop": finish the task in hand, then exit
+                return
+        parent_gone()  # end of file without "stop"
 
     threading.Thread(target=read, name="beaverq-child-reader", daemon=True).start()
     while True:
         message = tasks.get()
         if message is None:
+            kill_children()  # a stop: what the handlers left running goes with us
             return
         handler, args_json, job_id, attempt, timeout_s, deadline = message
         context = HandlerContext(
@@ -241,10 +256,13 @@ def _worker_process_main(argv: list[str]) -> None:
         outcome = registry.run(handler, args_json, context)
         with lock:
             current.clear()
-        to_parent.write(
-            json.dumps([outcome.ok, outcome.result_json, outcome.error]).encode() + b"\n"
-        )
-        to_parent.flush()
+        try:
+            to_parent.write(
+                json.dumps([outcome.ok, outcome.result_json, outcome.error]).encode() + b"\n"
+            )
+            to_parent.flush()
+        except OSError:
+            parent_gone()
 
 
 if __name__ == "__main__":

@@ -135,7 +135,24 @@ class RealFileSystem:
         return os.stat(path).st_size
 
     def mkdir(self, path: str) -> None:
-        os.makedirs(path, mode=0o700, exist_ok=True)
+        # Every directory made here, parents included, is 0700 whatever the umask
+        # (os.makedirs gives the parents 0777 minus the umask: under umask 000, a
+        # directory any user may write, so anyone could plant a control.sock below).
+        missing: list[str] = []
+        current = os.path.abspath(path)
+        while not os.path.exists(current) and current not in missing:  # bounded by depth
+            missing.append(current)
+            current = os.path.dirname(current)
+        if not missing and not os.path.isdir(current):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
+        for directory in reversed(missing):
+            try:
+                os.mkdir(directory, 0o700)
+            except FileExistsError:
+                if os.path.isdir(directory):
+                    continue  # made meanwhile by someone else: the owner check judges it
+                raise
+            os.chmod(directory, 0o700)  # the umask may have taken bits 0700 needs
 
     def lock(self, path: str) -> None:
         # flock, not a pid file alone: the kernel drops the lock when the holder dies,

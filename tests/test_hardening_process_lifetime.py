@@ -1,0 +1,160 @@
+"""No process a shell job starts outlives its attempt (issue 11, Linux).
+
+Measured before: ``sh -c 'setsid sleep 300 &'`` escaped the process-group kill even at
+a normal exit, and after a runner SIGKILL attempt 1's processes kept running while
+the restarted runner ran attempt 2.  Now every shell attempt runs under an attempt
+keeper (impl/runtime/attempt_keeper.py): a child subreaper that kills the program's
+group and every process re-parented to it when the attempt ends, or when the process
+that started it dies; and process-pool workers die with the runner.
+
+Each test runs real ``beaverq`` processes, for both pools, and reads which processes
+are alive from /proc.  The jobs write the pids of their processes to a file; a
+process counts as alive while /proc shows it running ``sleep`` (a zombie, or a pid
+reused by another program, is not alive).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"),
+    reason="the promise is enforced on Linux only (a child subreaper and /proc)",
+)
+
+WAIT_S = 60.0
+CLI = [sys.executable, "-m", "beaverq.impl.frontends.cli"]
+
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s} s waiting for {what}"
+        threading.Event().wait(0.02)  # polling other processes: a short pause, bounded
+
+
+def alive(pid: int) -> bool:
+    """The process runs ``sleep`` and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    state = stat[stat.rfind(b")") + 2 :].split()[0]
+    return state != b"Z" and b"sleep" in cmdline
+
+
+def pids_in(path: Path) -> list[int]:
+    if not path.exists():
+        return []
+    return [int(line) for line in path.read_text().split()]
+
+
+def shell_job(pid_file: Path) -> str:
+    """A program that starts a ``setsid`` escapee and a plain child, and writes their
+    pids, then waits on the plain child."""
+    script = f"setsid sleep 300 & echo $! >> {pid_file}; sleep 300 & echo $! >> {pid_file}; wait"
+    return json.dumps({"argv": ["sh", "-c", script]})
+
+
+def beaverq(data_dir: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [*CLI, "--data-dir", str(data_dir), *argv], capture_output=True, text=True, timeout=WAIT_S
+    )
+    assert done.returncode == 0, (argv, done.stdout, done.stderr)
+    return done
+
+
+@pytest.fixture
+def pid_file(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "pids"
+    yield path
+    for pid in pids_in(path):  # a failed test leaves no sleeper behind
+        if alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+class Runner:
+    def __init__(self, data_dir: Path, pool: str) -> None:
+        self.process = subprocess.Popen(
+            [*CLI, "--data-dir", str(data_dir), "run", "--allow-shell", "--pool", pool],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.communicate(timeout=WAIT_S)
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.communicate(timeout=WAIT_S)
+        return self.process.returncode
+
+
+@pytest.mark.parametrize("pool", ["threads", "processes"])
+def test_a_setsid_escapee_dies_when_its_attempt_ends(
+    tmp_path: Path, pid_file: Path, pool: str
+) -> None:
+    """Goal: at a normal exit, the processes a shell job started die with its
+    attempt, the one that left the process group and session with ``setsid`` too.
+    Method: a job whose program starts ``setsid sleep 300 &`` and ``sleep 300 &``
+    and exits at once; ``beaverq run --until-idle``; /proc afterwards."""
+    data_dir = tmp_path / "data"
+    script = f"setsid sleep 300 & echo $! >> {pid_file}; sleep 300 & echo $! >> {pid_file}"
+    job_id = beaverq(
+        data_dir, "enqueue", "shell", json.dumps({"argv": ["sh", "-c", script]})
+    ).stdout.strip()
+
+    beaverq(data_dir, "run", "--allow-shell", "--pool", pool, "--until-idle")
+
+    assert json.loads(beaverq(data_dir, "show", job_id, "--json").stdout)["status"] == "completed"
+    pids = pids_in(pid_file)
+    assert len(pids) == 2
+    # The keeper killed them before it reported, and the job completed after that.
+    assert [pid for pid in pids if alive(pid)] == []
+
+
+@pytest.mark.parametrize("pool", ["threads", "processes"])
+def test_a_sigkilled_runner_leaves_no_attempt_running(
+    tmp_path: Path, pid_file: Path, pool: str
+) -> None:
+    """Goal: after a runner SIGKILL, attempt 1's processes (the ``setsid`` escapee
+    included) die before a restarted runner runs attempt 2, so the job never runs
+    twice at once; and attempt 2's die at a graceful stop.  Method: a long shell job;
+    the runner SIGKILLed (its pid only: nothing else is signalled) once attempt 1's
+    pids are written; /proc until they are gone; a restart; attempt 2's pids; SIGTERM."""
+    data_dir = tmp_path / "data"
+    beaverq(data_dir, "enqueue", "shell", shell_job(pid_file), "--timeout", "300")
+
+    first = Runner(data_dir, pool)
+    try:
+        wait_until(lambda: len(pids_in(pid_file)) == 2, "attempt 1's processes")
+        attempt_1 = pids_in(pid_file)
+        assert all(alive(pid) for pid in attempt_1)
+    finally:
+        first.kill()
+    wait_until(lambda: not any(alive(pid) for pid in attempt_1), "attempt 1's processes to die")
+
+    second = Runner(data_dir, pool)
+    try:
+        wait_until(lambda: len(pids_in(pid_file)) == 4, "attempt 2's processes")
+        attempt_2 = pids_in(pid_file)[2:]
+        assert not any(alive(pid) for pid in attempt_1)
+        assert all(alive(pid) for pid in attempt_2)
+    finally:
+        assert second.stop() == 0
+    assert [pid for pid in attempt_2 if alive(pid)] == []
