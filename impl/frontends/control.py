@@ -26,6 +26,7 @@ import json
 import math
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -414,21 +415,54 @@ def execute_locally(data_dir: str, op: str, params: Mapping[str, Any]) -> Any:
         except DataDirLocked:
             raise
         except (OSError, StorageError) as error:
-            raise CommandFailed(_one_line(error)) from None
+            raise CommandFailed(f"{op} not done: {_located(error, data_dir)}") from None
         # A controller with a pool that is never started: no job runs here.  Recover
         # is decided first, as for any opener (a crashed runner's leases are abandoned).
         pool = ThreadPool(HandlerRegistry(), workers=1)
         try:
             controller = Controller(storage, state, SystemClock(), pool, report=report)
+        except (OSError, StorageError, ControllerFailed) as error:
+            with contextlib.suppress(OSError, StorageError):
+                storage.close()
+            raise CommandFailed(f"{op} not done: {_one_line(error)}") from None
         except BaseException:
             storage.close()
             raise
         try:
-            return _perform_or_fail(controller, op, params)
-        finally:
-            controller.stop(grace_s=0.0)
+            result = _perform_or_fail(controller, op, params)
+        except BaseException:
+            # The command's own failure is the one to report, not an echo of it here.
+            with contextlib.suppress(OSError, StorageError, ControllerFailed):
+                controller.stop(grace_s=0.0)
+            raise
+        _close_after_success(controller, op)
+        return result
     finally:
         fs.close()
+
+
+def _close_after_success(controller: Controller, op: str) -> None:
+    """Close the directory after ``op`` is durable.  Nothing that fails now (the final
+    snapshot, the log's rotation after it) can undo ``op``: it is a warning, never
+    the command's failure, or a producer told "failed" would retry and enqueue twice
+    (docs/security.md, "Full disks")."""
+    try:
+        controller.stop(grace_s=0.0)
+    except (OSError, StorageError, ControllerFailed) as error:
+        _warn(f"the {op} is durable, but closing the data directory failed: {_one_line(error)}")
+        return
+    snapshot_error = controller.stats.snapshot_error_last
+    if snapshot_error is not None:
+        _warn(
+            f"the {op} is durable, but the snapshot after it failed ({snapshot_error}); "
+            "nothing is lost: the next opening replays the log"
+        )
+
+
+def _warn(message: str) -> None:
+    """A warning on stderr: the command succeeded, and something the operator should
+    know about did not (stdout stays the command's answer alone)."""
+    print(f"beaverq: warning: {message}", file=sys.stderr, flush=True)
 
 
 def _read_state(data_dir: str) -> State:
@@ -485,6 +519,15 @@ def _perform_or_fail(target: Any, op: str, params: Mapping[str, Any]) -> Any:
         return perform(target, op, params)
     except (Rejected, ValueError, TypeError, ControllerStopped, ControllerFailed) as error:
         raise CommandFailed(_one_line(error)) from None
+
+
+def _located(error: BaseException, data_dir: str) -> str:
+    """The error in one line, naming where: a bare ``OSError`` (a failed write to the
+    lock file, say) names no file, so the data directory is named instead."""
+    bare = isinstance(error, OSError) and not isinstance(error, StorageError)
+    if bare and error.filename is None:
+        return f"{data_dir}: {error.strerror or _one_line(error)}"
+    return _one_line(error)
 
 
 def _one_line(error: BaseException) -> str:
