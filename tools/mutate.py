@@ -469,7 +469,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "6c",
         "rename the snapshot before its bytes are durable",
         "impl/storage/snapshot.py `write_snapshot`",
-        (Edit("impl/storage/snapshot.py", "    fs.fsync(temporary)\n", ""),),
+        (Edit("impl/storage/snapshot.py", "        fs.fsync(temporary)\n", ""),),
         (DURABILITY, SNAPSHOT, EXHAUSTIVE, CRASH),
         "The name is made durable, the data is not: a crash leaves an empty or partial "
         "snapshot, and the segments its predecessor needed may already be deleted.",

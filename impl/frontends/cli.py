@@ -28,6 +28,8 @@ from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
+from beaverq.model.limits import JSON_DEPTH_MAX
+from beaverq.model.validation import is_nested_deeper_than
 from beaverq.teaching.simulate import (
     SIMULATION_JOBS_MAX,
     SIMULATION_WORKERS_MAX,
@@ -162,6 +164,13 @@ def _execute(args: argparse.Namespace, op: str, params: dict[str, Any]) -> Any:
 
 
 def _json_value(text: str) -> Any:
+    # Measured before parsing: Python's parser recurses per level (a traceback near
+    # 1,000); the queue refuses payloads deeper than JSON_DEPTH_MAX anyway.
+    if is_nested_deeper_than(text, JSON_DEPTH_MAX):
+        raise argparse.ArgumentTypeError(
+            f"ARGS_JSON nests arrays and objects deeper than JSON_DEPTH_MAX ({JSON_DEPTH_MAX}) "
+            "levels"
+        )
     try:
         return json.loads(text)
     except ValueError as error:
@@ -230,6 +239,11 @@ def _enqueue_batch(args: argparse.Namespace) -> int:
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
+        if is_nested_deeper_than(line, JSON_DEPTH_MAX + 1):  # + the job's own object
+            return fail(
+                f"{args.batch}: line {number}: nested deeper than a job object whose args "
+                f"nest JSON_DEPTH_MAX ({JSON_DEPTH_MAX}) levels"
+            )
         try:
             job = json.loads(line)
         except ValueError as error:

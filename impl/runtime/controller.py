@@ -82,7 +82,7 @@ from . import loops, shutdown
 from .clock import Clock, SystemClock
 from .committers import Committer, CommitterFactory, group_commit_factory
 from .dispatch_window import DispatchWindow
-from .errors import ControllerFailed, ControllerStopped, OutcomeUnknown
+from .errors import ControllerStopped, OutcomeUnknown, nothing_done
 from .job_request import JobRequest
 from .observers import ControllerObserver, Observers
 from .options import ControllerOptions
@@ -144,9 +144,7 @@ class Controller:
         self._results: queue.Queue[object] = queue.Queue(maxsize=pool.capacity + 1)
         self._events_since_snapshot = 0
         self._last_snapshot_at = clock.monotonic()
-        # After failed snapshots: how many in a row, and when to try again (loops.py).
-        self._snapshot_failures_in_row = 0
-        self._snapshot_retry_at = clock.monotonic()
+        self._snapshot_retry = loops.SnapshotRetry(clock.monotonic())  # after failures
         self._next_tick_at = clock.monotonic()
         self._stopping = False
         self._closed = False
@@ -236,7 +234,7 @@ class Controller:
                 try:
                     self._committer.append(appended)
                 except WalFailed as error:
-                    raise ControllerFailed(f"nothing of this call was done: {error}") from error
+                    raise nothing_done(error) from error
                 self._state = state
                 for event in appended:
                     self.stats.count(event)
@@ -253,9 +251,7 @@ class Controller:
 
     def _raise_if_unusable(self) -> None:
         if self._failure is not None:
-            raise ControllerFailed(
-                f"the controller failed earlier, so nothing of this call was done: {self._failure}"
-            ) from self._failure
+            raise nothing_done(self._failure) from self._failure
         if self._closed:
             raise ControllerStopped("the controller is closed")
 
@@ -277,10 +273,7 @@ class Controller:
             committer.wait_durable(lsn)
         except WalFailed as error:
             self._fail(error)
-            raise OutcomeUnknown(
-                f"{error}; so this call may or may not have taken effect (once restarted, "
-                "the queue keeps whatever reached the disk: check with 'status' or 'show')"
-            ) from error
+            raise OutcomeUnknown.after(error) from error
 
     def _run_one(self, make_command: Callable[[int], Command]) -> tuple[Event, ...] | str:
         outcomes, lsn, committer = self._apply(lambda now: [make_command(now)])
@@ -506,7 +499,7 @@ class Controller:
             self._committer = self._new_committer()
         self._events_since_snapshot = 0
         self._last_snapshot_at = self._clock.monotonic()
-        self._snapshot_failures_in_row = 0
+        self._snapshot_retry.succeeded()
         self.stats.snapshots += 1
         self.stats.snapshot_seconds_last = time.perf_counter() - started
         return path
@@ -524,8 +517,8 @@ class Controller:
         the tail never exceeds N events."""
         options = self._options
         since = self._events_since_snapshot
-        if self._clock.monotonic() < self._snapshot_retry_at:
-            return False  # backing off after a failed snapshot (loops.snapshot_failed)
+        if self._snapshot_retry.waiting(self._clock.monotonic()):
+            return False  # backing off after a failed snapshot (loops.SnapshotRetry)
         if since >= options.snapshot_every_events:
             return True
         if since == 0 or self._clock.monotonic() - self._last_snapshot_at < (

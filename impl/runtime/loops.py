@@ -285,7 +285,7 @@ def _snapshot_loop(controller: Controller) -> None:
                 now = controller._clock.monotonic()
                 left = max(
                     interval - (now - controller._last_snapshot_at),
-                    controller._snapshot_retry_at - now,
+                    controller._snapshot_retry.retry_at - now,
                 )
                 # Nothing new since the last snapshot: a whole interval, not a spin.
                 wait = left if left > 0 else interval
@@ -303,14 +303,31 @@ def _snapshot_loop(controller: Controller) -> None:
 
 
 def snapshot_failed(controller: Controller, error: BaseException) -> None:
-    """Count a failed snapshot and put the next try off (under the lock): each failure
-    in a row doubles the wait, from the interval (at least SNAPSHOT_RETRY_S_MIN) up
-    to SNAPSHOT_RETRY_S_MAX.  A success resets it (``Controller._snapshot_locked``)."""
+    """Count a failed snapshot and put the next try off (under the lock)."""
     controller.stats.snapshot_failures += 1
     controller.stats.snapshot_error_last = " ".join(str(error).split())
-    controller._snapshot_failures_in_row += 1
-    base = max(controller._options.snapshot_interval_s, SNAPSHOT_RETRY_S_MIN)
-    doublings = min(controller._snapshot_failures_in_row - 1, 16)  # 2**16 s: past the cap
     now = controller._clock.monotonic()
     controller._last_snapshot_at = now
-    controller._snapshot_retry_at = now + min(SNAPSHOT_RETRY_S_MAX, base * 2**doublings)
+    controller._snapshot_retry.failed(now, controller._options.snapshot_interval_s)
+
+
+class SnapshotRetry:
+    """When the next snapshot may be tried, after failed ones: each failure in a row
+    doubles the wait, from the interval (at least SNAPSHOT_RETRY_S_MIN) up to
+    SNAPSHOT_RETRY_S_MAX; a success resets it (``Controller._snapshot_locked``)."""
+
+    def __init__(self, now: float) -> None:
+        self.failures_in_row = 0
+        self.retry_at = now
+
+    def failed(self, now: float, interval_s: float) -> None:
+        self.failures_in_row += 1
+        base = max(interval_s, SNAPSHOT_RETRY_S_MIN)
+        doublings = min(self.failures_in_row - 1, 16)  # 2**16 s: far past the cap
+        self.retry_at = now + min(SNAPSHOT_RETRY_S_MAX, base * 2**doublings)
+
+    def succeeded(self) -> None:
+        self.failures_in_row = 0
+
+    def waiting(self, now: float) -> bool:
+        return now < self.retry_at
