@@ -28,6 +28,7 @@ from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
+from beaverq.model.errors import echo
 from beaverq.model.limits import JSON_DEPTH_MAX
 from beaverq.model.validation import is_nested_deeper_than
 from beaverq.teaching.simulate import (
@@ -147,8 +148,11 @@ def _run_wal(args: argparse.Namespace) -> int:
     directory = data_dir(args)
     if not os.path.isdir(directory):
         return fail(f"{directory}: no such data directory")
-    for line in dump_wal(RealFileSystem(), directory):
-        sys.stdout.write(line + "\n")
+    try:
+        for line in dump_wal(RealFileSystem(), directory):
+            sys.stdout.write(line + "\n")
+    except OSError as error:  # a segment that is a directory, or unreadable
+        return fail(f"{error.filename or directory}: {error.strerror or error}")
     return 0
 
 
@@ -378,7 +382,7 @@ def _show_result(
     except CommandFailed as failure:
         return fail(str(failure))
     if result is None:  # show: no such job
-        return fail(f"unknown job {params.get('job_id')!r}")
+        return fail(f"unknown job {echo(params.get('job_id'))}")
     if args.json:
         sys.stdout.write(json.dumps(result, ensure_ascii=False, indent=2) + "\n")
     else:
