@@ -407,7 +407,10 @@ def execute_locally(data_dir: str, op: str, params: Mapping[str, Any]) -> Any:
     if operation.command is None:  # a read: no controller, so no Recover
         figures = {"seconds": time.monotonic() - started, "last_lsn": state.last_lsn}
         return _perform_or_fail(StateView(state, figures), op, params)
-    _check(state, op, params)
+    if _check(state, op, params) == 0 and op in _DONE_WHEN_NOTHING_CHANGES:
+        # Pausing a paused queue: opening the directory would still write (a new WAL
+        # segment, every time) for a command that changes nothing.
+        return None
     fs = RealFileSystem()
     try:  # fs.close() last: the API calls this in long-lived processes, so no fd leaks
         try:
@@ -499,8 +502,15 @@ def _read_state(data_dir: str) -> State:
     return report.state
 
 
-def _check(state: State, op: str, params: Mapping[str, Any]) -> None:
-    """Decide the command(s) on ``state`` (pure): raise ``CommandFailed`` on refusal."""
+#: Operations whose answer, when they decide no event, is None: nothing to do, and so
+#: nothing to write (``execute_locally`` does not open the directory for them).
+_DONE_WHEN_NOTHING_CHANGES = frozenset({"pause", "resume"})
+
+
+def _check(state: State, op: str, params: Mapping[str, Any]) -> int:
+    """Decide the command(s) on ``state`` (pure): raise ``CommandFailed`` on refusal;
+    return how many events opening and doing them would write."""
+    events = 0
     try:
         now = SystemClock().now_ms()
         # Opening decides Recover first (the controller's R5: a dead runner's leases
@@ -510,8 +520,10 @@ def _check(state: State, op: str, params: Mapping[str, Any]) -> None:
         for command in [Recover(now_ms=now), *_commands(op, params, now)]:
             for event in decide(state, command):
                 state = evolve(state, event)
+                events += 1
     except (Rejected, ValueError, TypeError) as error:
         raise CommandFailed(_one_line(error)) from None
+    return events
 
 
 def _perform_or_fail(target: Any, op: str, params: Mapping[str, Any]) -> Any:
