@@ -17,8 +17,13 @@ from pathlib import Path
 
 import pytest
 from disk_support import Runner, beaverq, fill, small_disk, wait_until
+from sim.crashfs import NOTHING_UNSYNCED, CrashFS
 
 from beaverq.impl.runtime import loops
+from beaverq.impl.runtime.controller import Controller
+from beaverq.impl.runtime.handlers import HandlerRegistry
+from beaverq.impl.runtime.workers import ThreadPool
+from beaverq.impl.storage.storage import Storage
 
 DISK_BYTES = 4 * 1024 * 1024
 BIG_ARGS = json.dumps("x" * 60_000)  # a job of ~60 KB: a snapshot of a dozen is ~720 KB
@@ -161,3 +166,24 @@ def test_a_runner_snapshotting_on_a_full_disk_leaves_no_temporary_files_and_back
     finally:
         runner.kill()
     assert leftovers(data_dir) == []
+
+
+def test_a_stop_whose_final_snapshot_fails_on_a_full_disk_succeeds() -> None:
+    """Goal: ``Controller.stop`` does not fail for its final snapshot alone: the
+    events are durable, so the snapshot's ENOSPC is counted (and says why), the
+    temporary file is gone, and the next opening replays the log to the same state.
+    Runs in-process on the crashable file system, so it needs no root.
+    Method: a controller on CrashFS enqueues a 60 KB job (durable); the disk is then
+    left room for one small event but not for the snapshot; stop; reopen."""
+    fs = CrashFS()
+    controller = Controller.open("/data", ThreadPool(HandlerRegistry(), workers=1), fs=fs)
+    controller.enqueue("absent", "x" * 60_000, job_id="big")
+    fs.disk_full_after(10_000)
+    assert controller.stop(grace_s=0.0) == []
+    assert controller.stats.snapshot_failures == 1
+    assert "No space left on device" in (controller.stats.snapshot_error_last or "")
+    assert not [name for name in fs.list_dir("/data") if name.endswith(".snap.tmp")]
+    fs.disk_full_after(None)
+    storage, state, _report = Storage.open(fs.crash(NOTHING_UNSYNCED), "/data")
+    assert "big" in state.jobs
+    storage.close()

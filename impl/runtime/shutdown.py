@@ -61,8 +61,10 @@ def _final_snapshot(controller: Controller) -> None:
             return
         try:
             controller._snapshot_locked()
-        except WalFailed:
-            raise  # the log itself failed (the rotation after the snapshot, say)
+        except WalFailed as error:
+            # The log itself failed (the rotation after the snapshot, say): every event
+            # before it is durable, but this process can write no more.
+            raise ControllerFailed(f"the log failed at the final snapshot: {error}") from error
         except (OSError, StorageError) as error:
             loops.snapshot_failed(controller, error)
 
