@@ -536,9 +536,9 @@ def _perform_or_fail(target: Any, op: str, params: Mapping[str, Any]) -> Any:
 def _located(error: BaseException, data_dir: str) -> str:
     """The error in one line, naming where: a bare ``OSError`` (a failed write to the
     lock file, say) names no file, so the data directory is named instead."""
-    bare = isinstance(error, OSError) and not isinstance(error, StorageError)
-    if bare and error.filename is None:
-        return f"{data_dir}: {error.strerror or _one_line(error)}"
+    unnamed = isinstance(error, OSError) and error.filename is None
+    if unnamed and not isinstance(error, StorageError):
+        return f"{data_dir}: {getattr(error, 'strerror', None) or _one_line(error)}"
     return _one_line(error)
 
 
