@@ -710,11 +710,13 @@ MUTATIONS: tuple[Mutation, ...] = (
                 "impl/frontends/control.py",
                 "        for command in [Recover(now_ms=now), *_commands(op, params, now)]:\n"
                 "            for event in decide(state, command):\n"
-                "                state = evolve(state, event)\n",
+                "                state = evolve(state, event)\n"
+                "                events += 1\n",
                 "        for event in decide(state, Recover(now_ms=now)):\n"
                 "            state = evolve(state, event)\n"
+                "            events += 1\n"
                 "        for command in _commands(op, params, now):\n"
-                "            decide(state, command)\n",
+                "            events += len(decide(state, command))\n",
             ),
         ),
         (NO_RUNNER,),
