@@ -163,9 +163,9 @@ def _close_storage(controller: Controller) -> None:
         controller._state_changed.notify_all()
     try:
         controller._committer.close()
-    except WalFailed:
-        if controller._failure is None:
-            raise
+    except WalFailed as error:
+        if controller._failure is None:  # the last flush failed: say so in one line
+            raise ControllerFailed(f"the log failed at the stop: {error}") from error
         # Already failed: stop() reports that failure, not this echo of it.
     finally:
         controller._storage.close()
