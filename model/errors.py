@@ -59,6 +59,22 @@ def too_large_rule(field: str) -> str:
     return f"{field}_too_large"
 
 
+#: A value a message quotes (an id, a name) is cut to this many characters: a message
+#: is one line for a person, and a 10 MB id must not make a 10 MB error.
+ECHO_CHARS_MAX = 80
+
+
+def echo(value: object) -> str:
+    """``repr(value)`` for a message, cut to ECHO_CHARS_MAX characters of the value
+    with how many more there were."""
+    if isinstance(value, str) and len(value) > ECHO_CHARS_MAX:
+        return f"{value[:ECHO_CHARS_MAX]!r}... ({len(value) - ECHO_CHARS_MAX} more characters)"
+    shown = repr(value)
+    if len(shown) > ECHO_CHARS_MAX:
+        return f"{shown[:ECHO_CHARS_MAX]}... ({len(shown) - ECHO_CHARS_MAX} more characters)"
+    return shown
+
+
 @attrs.frozen(kw_only=True)
 class Rejection:
     """Why a command was refused, as data (so tests and the CLI can inspect it)."""
@@ -70,7 +86,7 @@ class Rejection:
     status: str | None = None
 
     def describe(self) -> str:
-        job = f" job {self.job_id!r}" if self.job_id is not None else ""
+        job = f" job {echo(self.job_id)}" if self.job_id is not None else ""
         state = f" (state: {self.status})" if self.status is not None else ""
         return f"{self.command} rejected:{job}{state}: {self.rule}: {self.detail}"
 

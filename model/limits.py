@@ -21,6 +21,11 @@ IDEMPOTENCY_KEY_BYTES_MAX = 200
 # Payloads.
 ARGS_JSON_BYTES_MAX = 64 * 1024
 RESULT_JSON_BYTES_MAX = 64 * 1024
+# How deep arrays and objects may nest in a JSON payload (args, result).  Python's
+# JSON reader and writer recurse once per level and fail near 1,000 levels, in
+# whichever process meets the text first (a CLI, the runner, a worker): the text is
+# refused before any of them parses it.  No job's arguments need more.
+JSON_DEPTH_MAX = 64
 ERROR_BYTES_MAX = 4 * 1024
 
 # Scheduling.  Higher priority is leased first.

@@ -12,6 +12,7 @@ import json
 import re
 
 from . import limits
+from .errors import echo
 
 Problem = tuple[str, str]
 
@@ -49,7 +50,7 @@ def _has_space_or_control(text: str) -> bool:
 
 def check_range(name: str, value: int, low: int, high: int, limit_names: str) -> Problem | None:
     if isinstance(value, bool) or not isinstance(value, int):
-        return (f"{name}_invalid", f"{name} must be an integer, got {value!r}")
+        return (f"{name}_invalid", f"{name} must be an integer, got {echo(value)}")
     if not low <= value <= high:
         return (
             f"{name}_out_of_range",
@@ -61,7 +62,7 @@ def check_range(name: str, value: int, low: int, high: int, limit_names: str) ->
 def check_integer(name: str, value: int) -> Problem | None:
     """Any integer (``bool`` is not one here, though Python says it is)."""
     if isinstance(value, bool) or not isinstance(value, int):
-        return (f"{name}_invalid", f"{name} must be an integer, got {value!r}")
+        return (f"{name}_invalid", f"{name} must be an integer, got {echo(value)}")
     return None
 
 
@@ -78,21 +79,24 @@ def check_token(name: str, value: str, bytes_max: int, limit_name: str) -> Probl
     if _utf8_len(value) > bytes_max:
         return (f"{name}_too_long", f"{name} is longer than {bytes_max} bytes ({limit_name})")
     if _has_space_or_control(value):
-        return (f"{name}_invalid", f"{name} {value!r} contains white space or control characters")
+        return (
+            f"{name}_invalid",
+            f"{name} {echo(value)} contains white space or control characters",
+        )
     return None
 
 
 def check_job_id(job_id: str) -> Problem | None:
     problem = check_token("job_id", job_id, limits.JOB_ID_BYTES_MAX, "JOB_ID_BYTES_MAX")
     if problem is None and DERIVED_JOB_ID.fullmatch(job_id):
-        return ("job_id_reserved", f"ids of the form j<digits> ({job_id!r}) are derived ids")
+        return ("job_id_reserved", f"ids of the form j<digits> ({echo(job_id)}) are derived ids")
     return problem
 
 
 def check_queue_name(queue: str) -> Problem | None:
     problem = check_token("queue", queue, limits.QUEUE_NAME_BYTES_MAX, "QUEUE_NAME_BYTES_MAX")
     if problem is None and not QUEUE_NAME.fullmatch(queue):
-        return ("queue_invalid", f"queue {queue!r} must match {QUEUE_NAME.pattern}")
+        return ("queue_invalid", f"queue {echo(queue)} must match {QUEUE_NAME.pattern}")
     return problem
 
 
@@ -112,11 +116,55 @@ def check_json(name: str, text: str, bytes_max: int, limit_name: str) -> Problem
         return (f"{name}_invalid", f"{name} contains lone surrogates, which have no UTF-8 form")
     if _utf8_len(text) > bytes_max:
         return (f"{name}_too_large", f"{name} is larger than {bytes_max} bytes ({limit_name})")
+    if is_nested_deeper_than(text, limits.JSON_DEPTH_MAX):
+        return (
+            f"{name}_too_deep",
+            f"{name} nests arrays and objects deeper than {limits.JSON_DEPTH_MAX} levels "
+            "(JSON_DEPTH_MAX)",
+        )
     try:
         _STRICT_JSON.decode(text)
     except (ValueError, RecursionError) as error:
         return (f"{name}_invalid", f"{name} is not valid JSON: {error}")
     return None
+
+
+# What the depth scan stops at: brackets, and what starts, ends or escapes in a string.
+_JSON_STRUCTURE = re.compile(r'[\[\]{}"\\]')
+
+
+def is_nested_deeper_than(text: str, depth_max: int) -> bool:
+    """Whether ``text`` opens more than ``depth_max`` arrays and objects at once.
+
+    The depth (docs/semantics.md, "JSON payloads"): scanning left to right outside
+    strings, ``[`` and ``{`` add one and ``]`` and ``}`` take one away; the depth is
+    the highest count reached.  A string runs from a ``"`` to the next ``"`` that a
+    backslash does not escape (or to the end).  Any text has a depth, valid JSON or
+    not, and it is measured by a loop, never by recursion: that is the point.
+    """
+    if text.count("[") + text.count("{") <= depth_max:
+        return False  # cannot open more than it holds: the usual case, at C speed
+    depth = 0
+    in_string = False
+    escaped_at = -1  # in a string, the position a backslash escapes
+    for match in _JSON_STRUCTURE.finditer(text):
+        at, found = match.start(), match.group()
+        if at == escaped_at:
+            continue
+        if in_string:
+            if found == "\\":
+                escaped_at = at + 1
+            elif found == '"':
+                in_string = False
+        elif found == '"':
+            in_string = True
+        elif found in "[{":
+            depth += 1
+            if depth > depth_max:
+                return True
+        elif found in "]}":
+            depth -= 1
+    return False
 
 
 def truncate_utf8(text: str, bytes_max: int) -> str:

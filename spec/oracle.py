@@ -195,11 +195,36 @@ def _check_json(name: str, text: object, bytes_max: int, job_id: str | None = No
         raise _Refusal(f"{name}_invalid", f"{name} holds a lone surrogate", job_id)
     if _utf8_bytes(text) > bytes_max:
         raise _Refusal(f"{name}_too_large", f"{name} exceeds {bytes_max} bytes", job_id)
+    if _nesting_depth(text) > limits.JSON_DEPTH_MAX:
+        raise _Refusal(f"{name}_too_deep", f"{name} nests too deep", job_id)
     try:
         # parse_constant is called for NaN, Infinity and -Infinity only.
         json.loads(text, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as error:
         raise _Refusal(f"{name}_invalid", f"{name} is not JSON: {error}", job_id) from None
+
+
+def _nesting_depth(text: str) -> int:
+    """semantics.md, "JSON payloads": outside strings, [ and { open a level, ] and }
+    close one; the depth is the most levels open at once.  A string runs from a
+    quote to the next quote no backslash escapes.  Read one character at a time."""
+    depth = deepest = 0
+    in_string = False
+    position = 0
+    while position < len(text):
+        ch = text[position]
+        if in_string and ch == "\\":
+            position += 2  # the backslash and the character it escapes
+            continue
+        if ch == '"':
+            in_string = not in_string
+        elif not in_string and ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif not in_string and ch in "]}":
+            depth -= 1
+        position += 1
+    return deepest
 
 
 def _storable_error(text: str) -> str:

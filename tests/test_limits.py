@@ -129,6 +129,13 @@ BOUNDARIES = [
         _json_of_size(64 * 1024 + 1),
         "args_json_too_large",
     ),
+    (
+        "args_json depth",
+        _enqueue("args_json"),
+        "[" * 64 + "]" * 64,
+        "[" * 65 + "]" * 65,
+        "args_json_too_deep",
+    ),
     ("priority max", _enqueue("priority"), 10, 11, "priority_out_of_range"),
     ("priority min", _enqueue("priority"), -10, -11, "priority_out_of_range"),
     ("max_attempts max", _enqueue("max_attempts"), 100, 101, "max_attempts_out_of_range"),

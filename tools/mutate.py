@@ -469,7 +469,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "6c",
         "rename the snapshot before its bytes are durable",
         "impl/storage/snapshot.py `write_snapshot`",
-        (Edit("impl/storage/snapshot.py", "    fs.fsync(temporary)\n", ""),),
+        (Edit("impl/storage/snapshot.py", "        fs.fsync(temporary)\n", ""),),
         (DURABILITY, SNAPSHOT, EXHAUSTIVE, CRASH),
         "The name is made durable, the data is not: a crash leaves an empty or partial "
         "snapshot, and the segments its predecessor needed may already be deleted.",
@@ -710,11 +710,13 @@ MUTATIONS: tuple[Mutation, ...] = (
                 "impl/frontends/control.py",
                 "        for command in [Recover(now_ms=now), *_commands(op, params, now)]:\n"
                 "            for event in decide(state, command):\n"
-                "                state = evolve(state, event)\n",
+                "                state = evolve(state, event)\n"
+                "                events += 1\n",
                 "        for event in decide(state, Recover(now_ms=now)):\n"
                 "            state = evolve(state, event)\n"
+                "            events += 1\n"
                 "        for command in _commands(op, params, now):\n"
-                "            decide(state, command)\n",
+                "            events += len(decide(state, command))\n",
             ),
         ),
         (NO_RUNNER,),

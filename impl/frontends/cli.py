@@ -28,6 +28,9 @@ from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
+from beaverq.model.errors import echo
+from beaverq.model.limits import JSON_DEPTH_MAX
+from beaverq.model.validation import is_nested_deeper_than
 from beaverq.teaching.simulate import (
     SIMULATION_JOBS_MAX,
     SIMULATION_WORKERS_MAX,
@@ -145,8 +148,11 @@ def _run_wal(args: argparse.Namespace) -> int:
     directory = data_dir(args)
     if not os.path.isdir(directory):
         return fail(f"{directory}: no such data directory")
-    for line in dump_wal(RealFileSystem(), directory):
-        sys.stdout.write(line + "\n")
+    try:
+        for line in dump_wal(RealFileSystem(), directory):
+            sys.stdout.write(line + "\n")
+    except OSError as error:  # a segment that is a directory, or unreadable
+        return fail(f"{error.filename or directory}: {error.strerror or error}")
     return 0
 
 
@@ -162,6 +168,13 @@ def _execute(args: argparse.Namespace, op: str, params: dict[str, Any]) -> Any:
 
 
 def _json_value(text: str) -> Any:
+    # Measured before parsing: Python's parser recurses per level (a traceback near
+    # 1,000); the queue refuses payloads deeper than JSON_DEPTH_MAX anyway.
+    if is_nested_deeper_than(text, JSON_DEPTH_MAX):
+        raise argparse.ArgumentTypeError(
+            f"ARGS_JSON nests arrays and objects deeper than JSON_DEPTH_MAX ({JSON_DEPTH_MAX}) "
+            "levels"
+        )
     try:
         return json.loads(text)
     except ValueError as error:
@@ -230,6 +243,11 @@ def _enqueue_batch(args: argparse.Namespace) -> int:
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
+        if is_nested_deeper_than(line, JSON_DEPTH_MAX + 1):  # + the job's own object
+            return fail(
+                f"{args.batch}: line {number}: nested deeper than a job object whose args "
+                f"nest JSON_DEPTH_MAX ({JSON_DEPTH_MAX}) levels"
+            )
         try:
             job = json.loads(line)
         except ValueError as error:
@@ -364,7 +382,7 @@ def _show_result(
     except CommandFailed as failure:
         return fail(str(failure))
     if result is None:  # show: no such job
-        return fail(f"unknown job {params.get('job_id')!r}")
+        return fail(f"unknown job {echo(params.get('job_id'))}")
     if args.json:
         sys.stdout.write(json.dumps(result, ensure_ascii=False, indent=2) + "\n")
     else:

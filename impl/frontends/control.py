@@ -26,6 +26,7 @@ import json
 import math
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -421,7 +422,10 @@ def execute_locally(data_dir: str, op: str, params: Mapping[str, Any]) -> Any:
     if operation.command is None:  # a read: no controller, so no Recover
         figures = {"seconds": time.monotonic() - started, "last_lsn": state.last_lsn}
         return _perform_or_fail(StateView(state, figures), op, params)
-    _check(state, op, params)
+    if _check(state, op, params) == 0 and op in _DONE_WHEN_NOTHING_CHANGES:
+        # Pausing a paused queue: opening the directory would still write (a new WAL
+        # segment, every time) for a command that changes nothing.
+        return None
     fs = RealFileSystem()
     try:  # fs.close() last: the API calls this in long-lived processes, so no fd leaks
         try:
@@ -429,21 +433,54 @@ def execute_locally(data_dir: str, op: str, params: Mapping[str, Any]) -> Any:
         except DataDirLocked:
             raise
         except (OSError, StorageError) as error:
-            raise CommandFailed(_one_line(error)) from None
+            raise CommandFailed(f"{op} not done: {_located(error, data_dir)}") from None
         # A controller with a pool that is never started: no job runs here.  Recover
         # is decided first, as for any opener (a crashed runner's leases are abandoned).
         pool = ThreadPool(HandlerRegistry(), workers=1)
         try:
             controller = Controller(storage, state, SystemClock(), pool, report=report)
+        except (OSError, StorageError, ControllerFailed) as error:
+            with contextlib.suppress(OSError, StorageError):
+                storage.close()
+            raise CommandFailed(f"{op} not done: {_one_line(error)}") from None
         except BaseException:
             storage.close()
             raise
         try:
-            return _perform_or_fail(controller, op, params)
-        finally:
-            controller.stop(grace_s=0.0)
+            result = _perform_or_fail(controller, op, params)
+        except BaseException:
+            # The command's own failure is the one to report, not an echo of it here.
+            with contextlib.suppress(OSError, StorageError, ControllerFailed):
+                controller.stop(grace_s=0.0)
+            raise
+        _close_after_success(controller, op)
+        return result
     finally:
         fs.close()
+
+
+def _close_after_success(controller: Controller, op: str) -> None:
+    """Close the directory after ``op`` is durable.  Nothing that fails now (the final
+    snapshot, the log's rotation after it) can undo ``op``: it is a warning, never
+    the command's failure, or a producer told "failed" would retry and enqueue twice
+    (docs/security.md, "Full disks")."""
+    try:
+        controller.stop(grace_s=0.0)
+    except (OSError, StorageError, ControllerFailed) as error:
+        _warn(f"the {op} is durable, but closing the data directory failed: {_one_line(error)}")
+        return
+    snapshot_error = controller.stats.snapshot_error_last
+    if snapshot_error is not None:
+        _warn(
+            f"the {op} is durable, but the snapshot after it failed ({snapshot_error}); "
+            "nothing is lost: the next opening replays the log"
+        )
+
+
+def _warn(message: str) -> None:
+    """A warning on stderr: the command succeeded, and something the operator should
+    know about did not (stdout stays the command's answer alone)."""
+    print(f"beaverq: warning: {message}", file=sys.stderr, flush=True)
 
 
 def _read_state(data_dir: str) -> State:
@@ -480,8 +517,15 @@ def _read_state(data_dir: str) -> State:
     return report.state
 
 
-def _check(state: State, op: str, params: Mapping[str, Any]) -> None:
-    """Decide the command(s) on ``state`` (pure): raise ``CommandFailed`` on refusal."""
+#: Operations whose answer, when they decide no event, is None: nothing to do, and so
+#: nothing to write (``execute_locally`` does not open the directory for them).
+_DONE_WHEN_NOTHING_CHANGES = frozenset({"pause", "resume"})
+
+
+def _check(state: State, op: str, params: Mapping[str, Any]) -> int:
+    """Decide the command(s) on ``state`` (pure): raise ``CommandFailed`` on refusal;
+    return how many events opening and doing them would write."""
+    events = 0
     try:
         now = SystemClock().now_ms()
         # Opening decides Recover first (the controller's R5: a dead runner's leases
@@ -491,8 +535,10 @@ def _check(state: State, op: str, params: Mapping[str, Any]) -> None:
         for command in [Recover(now_ms=now), *_commands(op, params, now)]:
             for event in decide(state, command):
                 state = evolve(state, event)
+                events += 1
     except (Rejected, ValueError, TypeError) as error:
         raise CommandFailed(_one_line(error)) from None
+    return events
 
 
 def _perform_or_fail(target: Any, op: str, params: Mapping[str, Any]) -> Any:
@@ -500,6 +546,15 @@ def _perform_or_fail(target: Any, op: str, params: Mapping[str, Any]) -> Any:
         return perform(target, op, params)
     except (Rejected, ValueError, TypeError, ControllerStopped, ControllerFailed) as error:
         raise CommandFailed(_one_line(error)) from None
+
+
+def _located(error: BaseException, data_dir: str) -> str:
+    """The error in one line, naming where: a bare ``OSError`` (a failed write to the
+    lock file, say) names no file, so the data directory is named instead."""
+    unnamed = isinstance(error, OSError) and error.filename is None
+    if unnamed and not isinstance(error, StorageError):
+        return f"{data_dir}: {getattr(error, 'strerror', None) or _one_line(error)}"
+    return _one_line(error)
 
 
 def _one_line(error: BaseException) -> str:

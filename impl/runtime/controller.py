@@ -82,7 +82,7 @@ from . import loops, shutdown
 from .clock import Clock, SystemClock
 from .committers import Committer, CommitterFactory, group_commit_factory
 from .dispatch_window import DispatchWindow
-from .errors import ControllerFailed, ControllerStopped
+from .errors import ControllerStopped, OutcomeUnknown, nothing_done
 from .job_request import JobRequest
 from .observers import ControllerObserver, Observers
 from .options import ControllerOptions
@@ -144,6 +144,7 @@ class Controller:
         self._results: queue.Queue[object] = queue.Queue(maxsize=pool.capacity + 1)
         self._events_since_snapshot = 0
         self._last_snapshot_at = clock.monotonic()
+        self._snapshot_retry = loops.SnapshotRetry(clock.monotonic())  # after failures
         self._next_tick_at = clock.monotonic()
         self._stopping = False
         self._closed = False
@@ -230,7 +231,10 @@ class Controller:
                     command = None
             if appended:
                 # R1: frame first; if the WAL refuses, nothing is published.
-                self._committer.append(appended)
+                try:
+                    self._committer.append(appended)
+                except WalFailed as error:
+                    raise nothing_done(error) from error
                 self._state = state
                 for event in appended:
                     self.stats.count(event)
@@ -247,7 +251,7 @@ class Controller:
 
     def _raise_if_unusable(self) -> None:
         if self._failure is not None:
-            raise ControllerFailed(f"the controller failed: {self._failure}") from self._failure
+            raise nothing_done(self._failure) from self._failure
         if self._closed:
             raise ControllerStopped("the controller is closed")
 
@@ -269,7 +273,7 @@ class Controller:
             committer.wait_durable(lsn)
         except WalFailed as error:
             self._fail(error)
-            raise
+            raise OutcomeUnknown.after(error) from error
 
     def _run_one(self, make_command: Callable[[int], Command]) -> tuple[Event, ...] | str:
         outcomes, lsn, committer = self._apply(lambda now: [make_command(now)])
@@ -495,6 +499,7 @@ class Controller:
             self._committer = self._new_committer()
         self._events_since_snapshot = 0
         self._last_snapshot_at = self._clock.monotonic()
+        self._snapshot_retry.succeeded()
         self.stats.snapshots += 1
         self.stats.snapshot_seconds_last = time.perf_counter() - started
         return path
@@ -512,6 +517,8 @@ class Controller:
         the tail never exceeds N events."""
         options = self._options
         since = self._events_since_snapshot
+        if self._snapshot_retry.waiting(self._clock.monotonic()):
+            return False  # backing off after a failed snapshot (loops.SnapshotRetry)
         if since >= options.snapshot_every_events:
             return True
         if since == 0 or self._clock.monotonic() - self._last_snapshot_at < (

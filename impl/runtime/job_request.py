@@ -63,3 +63,5 @@ def _json_text(value: Any) -> str:
         return json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
     except (TypeError, ValueError) as error:
         raise ValueError(f"args are not JSON-able: {error}") from None
+    except RecursionError:  # the model refuses past JSON_DEPTH_MAX levels anyway
+        raise ValueError("args are not JSON-able: nested too deep") from None

@@ -35,6 +35,14 @@ if TYPE_CHECKING:
 
 
 STOP = object()  # the result loop's sentinel (shutdown.py puts it)
+#: After a failed snapshot the next try waits, doubling from the interval (at least
+#: SNAPSHOT_RETRY_S_MIN) up to SNAPSHOT_RETRY_S_MAX: on a full disk, retrying at
+#: every due moment would only burn CPU and disk bandwidth the WAL needs.
+SNAPSHOT_RETRY_S_MIN = 1.0
+SNAPSHOT_RETRY_S_MAX = 60.0
+#: The snapshot loop never waits less than this, so that --snapshot-interval 0
+#: ("as often as there is something new") does not make an idle runner spin.
+SNAPSHOT_WAIT_S_MIN = 0.05
 
 
 # -- The loops' bodies. ----------------------------------------------------------------------
@@ -274,9 +282,14 @@ def _snapshot_loop(controller: Controller) -> None:
     while True:
         with controller._lock:
             while not controller._stop_timers.is_set() and not controller._snapshot_is_due():
-                left = interval - (controller._clock.monotonic() - controller._last_snapshot_at)
+                now = controller._clock.monotonic()
+                left = max(
+                    interval - (now - controller._last_snapshot_at),
+                    controller._snapshot_retry.retry_at - now,
+                )
                 # Nothing new since the last snapshot: a whole interval, not a spin.
-                controller._snapshot_due.wait(left if left > 0 else interval)
+                wait = left if left > 0 else interval
+                controller._snapshot_due.wait(max(wait, SNAPSHOT_WAIT_S_MIN))
             if controller._stop_timers.is_set():
                 return
             try:
@@ -286,6 +299,35 @@ def _snapshot_loop(controller: Controller) -> None:
             except (OSError, StorageError) as error:
                 # The WAL still holds everything: a failed snapshot only makes
                 # the next recovery longer.  Count it and try again later.
-                controller.stats.snapshot_failures += 1
-                controller.stats.snapshot_error_last = str(error)
-                controller._last_snapshot_at = controller._clock.monotonic()
+                snapshot_failed(controller, error)
+
+
+def snapshot_failed(controller: Controller, error: BaseException) -> None:
+    """Count a failed snapshot and put the next try off (under the lock)."""
+    controller.stats.snapshot_failures += 1
+    controller.stats.snapshot_error_last = " ".join(str(error).split())
+    now = controller._clock.monotonic()
+    controller._last_snapshot_at = now
+    controller._snapshot_retry.failed(now, controller._options.snapshot_interval_s)
+
+
+class SnapshotRetry:
+    """When the next snapshot may be tried, after failed ones: each failure in a row
+    doubles the wait, from the interval (at least SNAPSHOT_RETRY_S_MIN) up to
+    SNAPSHOT_RETRY_S_MAX; a success resets it (``Controller._snapshot_locked``)."""
+
+    def __init__(self, now: float) -> None:
+        self.failures_in_row = 0
+        self.retry_at = now
+
+    def failed(self, now: float, interval_s: float) -> None:
+        self.failures_in_row += 1
+        base = max(interval_s, SNAPSHOT_RETRY_S_MIN)
+        doublings = min(self.failures_in_row - 1, 16)  # 2**16 s: far past the cap
+        self.retry_at = now + min(SNAPSHOT_RETRY_S_MAX, base * 2**doublings)
+
+    def succeeded(self) -> None:
+        self.failures_in_row = 0
+
+    def waiting(self, now: float) -> bool:
+        return now < self.retry_at

@@ -14,6 +14,7 @@ import contextlib
 import queue
 from typing import TYPE_CHECKING
 
+from beaverq.impl.storage.fs import StorageError
 from beaverq.impl.storage.wal import WalFailed
 from beaverq.model import Command, Release
 from beaverq.model.errors import BrokenInvariant
@@ -42,14 +43,30 @@ def stop(controller: Controller, grace_s: float = 10.0) -> list[str]:
         if failure is None:
             released = _release_live_leases(controller)
         if failure is None and controller._options.final_snapshot:
-            with controller._lock:
-                if controller._events_since_snapshot > 0:
-                    controller._snapshot_locked()
+            _final_snapshot(controller)
     finally:
         _close_storage(controller)
     if failure is not None:
         raise ControllerFailed(f"the controller failed: {failure}") from failure
     return released
+
+
+def _final_snapshot(controller: Controller) -> None:
+    """The stop's snapshot, if anything is new.  Its failure (a full disk, say) loses
+    nothing: every event is durable in the WAL, and the next opening replays it.  So
+    it is counted, as the snapshot loop counts one (``stats.snapshot_error_last``
+    says why), not raised: a stop whose changes are all durable has not failed."""
+    with controller._lock:
+        if controller._events_since_snapshot == 0:
+            return
+        try:
+            controller._snapshot_locked()
+        except WalFailed as error:
+            # The log itself failed (the rotation after the snapshot, say): every event
+            # before it is durable, but this process can write no more.
+            raise ControllerFailed(f"the log failed at the final snapshot: {error}") from error
+        except (OSError, StorageError) as error:
+            loops.snapshot_failed(controller, error)
 
 
 def _release_live_leases(controller: Controller) -> list[str]:
@@ -146,9 +163,9 @@ def _close_storage(controller: Controller) -> None:
         controller._state_changed.notify_all()
     try:
         controller._committer.close()
-    except WalFailed:
-        if controller._failure is None:
-            raise
+    except WalFailed as error:
+        if controller._failure is None:  # the last flush failed: say so in one line
+            raise ControllerFailed(f"the log failed at the stop: {error}") from error
         # Already failed: stop() reports that failure, not this echo of it.
     finally:
         controller._storage.close()

@@ -144,4 +144,4 @@ class GroupCommit:
 
     def _raise_if_failed(self) -> None:
         if self._failure is not None:
-            raise WalFailed(f"group commit stopped: {self._failure}")
+            raise WalFailed(f"the write-ahead log failed: {self._failure}")

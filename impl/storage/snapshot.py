@@ -127,15 +127,33 @@ def decode_snapshot(data: bytes, path: str) -> LoadedSnapshot | str:
     return LoadedSnapshot(path, lsn, chain, schema, body)
 
 
+class SnapshotFailed(StorageError, OSError):
+    """Writing a snapshot failed (a full disk, say).  Nothing is lost: the WAL still
+    holds every event; the temporary file is gone.  An ``OSError`` still, as the
+    failure it wraps, for callers that catch those."""
+
+
 def write_snapshot(fs: FileSystem, directory: str, lsn: int, data: bytes) -> str:
-    """Write ``data`` (an encoded snapshot) durably under its final name; return the path."""
+    """Write ``data`` (an encoded snapshot) durably under its final name; return the path.
+
+    A failure removes the temporary file before it raises ``SnapshotFailed``: on a
+    nearly full disk, each retry (at a new LSN, so under a new name) would otherwise
+    leave one more behind, and they would fill the disk the WAL needs."""
     final = posixpath.join(directory, snapshot_name(lsn))
     temporary = final + ".tmp"
-    if fs.exists(temporary):
-        fs.unlink(temporary)
-    fs.create(temporary)
-    fs.append(temporary, data)
-    fs.fsync(temporary)
+    try:
+        if fs.exists(temporary):
+            fs.unlink(temporary)
+        fs.create(temporary)
+        fs.append(temporary, data)
+        fs.fsync(temporary)
+    except OSError as error:
+        removed = _remove_quietly(fs, directory, temporary)
+        raise SnapshotFailed(
+            f"{final}: cannot write the snapshot ({error.strerror or error}); "
+            + ("its temporary file was removed" if removed else f"{temporary} is left over")
+            + "; the WAL still holds every event"
+        ) from error
     fs.rename(temporary, final)
     fs.fsync_dir(directory)
     return final
@@ -151,3 +169,15 @@ def remove_temporary_files(fs: FileSystem, directory: str) -> list[str]:
     if removed:
         fs.fsync_dir(directory)
     return removed
+
+
+def _remove_quietly(fs: FileSystem, directory: str, path: str) -> bool:
+    """Remove a failed write's file; True if it is gone.  A failure here is not
+    raised over the one being reported (recovery removes any ``.snap.tmp`` anyway)."""
+    try:
+        if fs.exists(path):
+            fs.unlink(path)
+            fs.fsync_dir(directory)
+    except OSError:
+        return False
+    return True

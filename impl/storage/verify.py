@@ -20,8 +20,9 @@ from beaverq.model.errors import BrokenInvariant
 
 from .codec import SCHEMA_VERSIONS_READABLE, CodecError, decode_checkpoint, read_event
 from .fs import FileSystem, StorageError
+from .record import HEADER_BYTES, FrameProblem, Record, decode_frame, is_zero
 from .snapshot import decode_snapshot, list_snapshots
-from .wal_reader import WalCorrupt, list_segments, read_wal
+from .wal_reader import TornTail, WalCorrupt, list_segments, read_wal
 
 
 @attrs.frozen
@@ -37,6 +38,17 @@ class VerifyReport:
 
 
 def verify_data_dir(fs: FileSystem, directory: str) -> VerifyReport:
+    """The report on ``directory``; a file that cannot be read (the path is a file, a
+    segment is a directory, permission denied) is an error of the report, named."""
+    try:
+        return _verify(fs, directory)
+    except OSError as error:
+        where = error.filename or directory
+        reason = error.strerror or str(error)
+        return VerifyReport((f"data dir: {directory}",), (f"{where}: {reason}",), (), None)
+
+
+def _verify(fs: FileSystem, directory: str) -> VerifyReport:
     lines: list[str] = [f"data dir: {directory}"]
     errors: list[str] = []
     warnings: list[str] = []
@@ -58,11 +70,7 @@ def verify_data_dir(fs: FileSystem, directory: str) -> VerifyReport:
         f"{state.last_lsn}, last LSN {contents.last_lsn}, chain intact"
     )
     if contents.torn_tail is not None:
-        torn = contents.torn_tail
-        warnings.append(
-            f"{torn.path}: torn tail at byte {torn.offset} ({torn.size - torn.offset} bytes, "
-            f"{torn.reason}); recovery will cut it, nothing acknowledged is lost"
-        )
+        warnings.append(_torn_tail_warning(fs, contents.torn_tail, contents.last_lsn))
     for record, schema_version in zip(
         contents.records, contents.record_schema_versions, strict=True
     ):
@@ -85,6 +93,32 @@ def verify_data_dir(fs: FileSystem, directory: str) -> VerifyReport:
     else:
         lines.append("invariants: all hold")
     return VerifyReport(tuple(lines), tuple(errors), tuple(warnings), state)
+
+
+def _torn_tail_warning(fs: FileSystem, torn: TornTail, last_lsn: int) -> str:
+    """What recovery will cut, and what that may cost.  A crash mid-write leaves an
+    incomplete frame or zeros (never acknowledged: the fsync had not returned); a
+    complete frame that fails its checks may be just that, or a durable record
+    damaged later (a bit flip), which may have been acknowledged.  The reader cannot
+    tell the two apart, so it says so rather than promise nothing is lost."""
+    cut = f"{torn.path}: torn tail at byte {torn.offset} ({torn.size - torn.offset} bytes"
+    cut += f", {torn.reason}), after LSN {last_lsn}; recovery will cut it"
+    data = fs.read(torn.path)
+    if is_zero(data, torn.offset):
+        return f"{cut}: zero bytes, a write a crash cut short (never acknowledged)"
+    frame = decode_frame(data, torn.offset, None)
+    if isinstance(frame, FrameProblem) and _incomplete(frame):
+        return f"{cut}: an incomplete frame, a write a crash cut short (never acknowledged)"
+    claimed = f"LSN {frame.lsn}" if isinstance(frame, Record) else f"LSN {last_lsn + 1}"
+    return (
+        f"{cut}: a complete frame that fails its checks, which may be a durable record "
+        f"damaged later; {claimed} and any after it may have been acknowledged "
+        f"(the cut bytes are kept as {posixpath.basename(torn.path)}.cut-{torn.offset})"
+    )
+
+
+def _incomplete(problem: FrameProblem) -> bool:
+    return problem.reason.endswith(("overruns the file end", f"needs {HEADER_BYTES}"))
 
 
 def _newest_valid_snapshot(

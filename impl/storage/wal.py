@@ -182,7 +182,10 @@ class WalWriter:
                 # The new name must be durable before any event in it is acknowledged.
                 self._fs.fsync_dir(self._directory)
         except OSError as error:
-            failure = WalFailed(f"{current}: write or fsync failed: {error}")
+            # The file the system names (a create or open), else the one being written;
+            # never "None" (a failure creating the first segment has no ``current``).
+            where = error.filename or current or batch.chunks[0].path
+            failure = WalFailed(_failure_message(str(where), error, batch, self.durable_lsn))
             self._failure = failure
             raise failure from error
 
@@ -233,3 +236,14 @@ class WalWriter:
     def _check_usable(self) -> None:
         if self._failure is not None:
             raise WalFailed(f"the WAL refuses work after an earlier failure: {self._failure}")
+
+
+def _failure_message(where: str, error: OSError, batch: Batch, durable_lsn: int) -> str:
+    """One line: which file, the system's reason, and which LSNs the failure leaves in
+    doubt (after a failed write or fsync, any part of the batch may be on disk)."""
+    reason = error.strerror or str(error)
+    if batch.last_lsn > durable_lsn:
+        doubt = f"LSN {durable_lsn + 1} to {batch.last_lsn} may or may not be on disk"
+    else:
+        doubt = f"every event up to LSN {durable_lsn} is on disk"
+    return f"{where}: write or fsync failed ({reason}); {doubt}; the log takes no more writes"
