@@ -37,7 +37,8 @@ from beaverq.impl.runtime.workers import ThreadPool, WorkerPool
 from beaverq.impl.storage.fs import DataDirLocked, RealFileSystem, StorageError
 from beaverq.model.errors import BrokenInvariant
 
-from .control import ControlServer, _perform_or_fail, execute, job_request
+from .control import _perform_or_fail, execute, job_request
+from .control_server import ControlServer
 
 
 class RunFailed(Exception):

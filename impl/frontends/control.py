@@ -20,13 +20,11 @@ client that reads ``"ok": true`` for an enqueue may tell its caller the job is s
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import math
 import os
 import socket
-import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -57,10 +55,18 @@ from beaverq.model import (
     evolve,
     initial_state,
 )
-from beaverq.model.errors import BrokenInvariant
+from beaverq.model.limits import JOBS_MAX
 
 SOCKET_NAME = "control.sock"
-LINE_BYTES_MAX = 256 * 1024 * 1024  # a batch of a few hundred thousand jobs fits
+LINE_BYTES_MAX = 256 * 1024 * 1024  # the longest answer a client reads (a long `jobs`)
+#: How long a client waits for the runner to take its connection: only a stuck runner's
+#: backlog is full (the runner's own bounds are in control_server.py).
+CONNECT_S_MAX = 10.0
+#: How long a client waits for the answer once its request is sent: a runner answers
+#: in milliseconds, or seconds when a large snapshot holds its lock.  The environment
+#: variable ``BEAVERQ_ANSWER_WAIT_S`` may set another number of seconds.
+ANSWER_WAIT_S_MAX = 60.0
+ANSWER_WAIT_VARIABLE = "BEAVERQ_ANSWER_WAIT_S"
 #: How long a command waits while the lock is held and no socket answers: a runner
 #: still recovering its log, or another command holding the lock for its own short
 #: turn.  After that it gives up and names the holder.
@@ -118,8 +124,58 @@ def _job_requests(jobs: Any) -> list[JobRequest]:
     return [job_request(job) for job in jobs]
 
 
-#: How a parameter's JSON value becomes the method's argument (the others pass as is).
-_PARAMETER_TYPES: dict[str, Callable[[Any], Any]] = {"job": job_request, "jobs": _job_requests}
+# -- Parameters: each name's JSON type, checked before any method sees the value. -------
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of ``value``'s type, for an error message."""
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string"}
+    names |= {list: "an array", dict: "an object", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string, got {_json_type(value)}")
+    return value
+
+
+def _job(value: Any) -> JobRequest:
+    if not isinstance(value, dict):
+        raise ValueError(f"must be an object (a job's fields), got {_json_type(value)}")
+    return job_request(value)
+
+
+def _jobs(value: Any) -> list[JobRequest]:
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"must be a non-empty array of jobs, got {_json_type(value)}")
+    return [_job(job) for job in value]
+
+
+def _job_state(value: Any) -> str:
+    if value not in _JOB_STATES:
+        raise ValueError(f"must be one of {', '.join(_JOB_STATES)}, got {value!r}")
+    return str(value)
+
+
+def _limit(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= JOBS_MAX:
+        raise ValueError(f"must be an integer from 0 to {JOBS_MAX}, got {value!r}")
+    return value
+
+
+_JOB_STATES = ("pending", "delayed", "in_flight", "completed", "dead", "cancelled")
+#: Every parameter name any operation takes, and how its JSON value is checked and
+#: becomes the method's argument.  A name means the same in every operation, so the
+#: socket checks a request from the table alone, as strictly as the CLI's parser.
+PARAMETERS: dict[str, Callable[[Any], Any]] = {
+    "job": _job,
+    "jobs": _jobs,
+    "job_id": _string,
+    "queue": _string,
+    "state": _job_state,
+    "limit": _limit,
+}
 
 
 @attrs.frozen
@@ -161,6 +217,12 @@ def check_wiring(operations: Mapping[str, Operation]) -> None:
                     f"operation {name!r} is half-wired: {target.__name__} has no "
                     f"method {operation.method!r}"
                 )
+        undeclared = [param for param in operation.params if param not in PARAMETERS]
+        if undeclared:
+            raise TypeError(
+                f"operation {name!r} is half-wired: parameter {undeclared[0]!r} is not "
+                "declared in PARAMETERS"
+            )
         command = operation.command
         if command is not None and command is not Enqueue:
             fields = set(attrs.fields_dict(command)) - {"now_ms"}
@@ -181,14 +243,23 @@ def operation_named(op: str) -> Operation:
 def _arguments(op: str, operation: Operation, params: Mapping[str, Any]) -> list[Any]:
     """The method's arguments, from the request's parameters, in the table's order."""
     if not isinstance(params, Mapping):
-        raise ValueError("params must be an object")
-    arguments = []
+        raise ValueError(f"{op}: params must be an object, got {_json_type(params)}")
+    unknown = sorted(str(name) for name in params if name not in operation.params)
+    if unknown:
+        takes = ", ".join(operation.params) or "no parameters"
+        raise ValueError(f"{op}: unknown parameter {unknown[0]!r} (it takes {takes})")
+    arguments: list[Any] = []
     for name in operation.params:
         if name not in params and not operation.optional:
             raise ValueError(f"{op}: missing parameter {name!r}")
         value = params.get(name)
-        convert = _PARAMETER_TYPES.get(name)
-        arguments.append(value if convert is None or value is None else convert(value))
+        if value is None and operation.optional:
+            arguments.append(None)  # left out: the method's default
+            continue
+        try:
+            arguments.append(PARAMETERS[name](value))
+        except ValueError as error:
+            raise ValueError(f"{op}: {name} {error}") from None
     return arguments
 
 
@@ -217,98 +288,19 @@ def answer(target: Any, line: bytes) -> dict[str, Any]:
     request's content (a bad request is the client's error, not the runner's)."""
     try:
         request = json.loads(line)
-        if not isinstance(request, dict) or not isinstance(request.get("op"), str):
-            raise ValueError('a request is {"op": ..., "params": {...}}')
-        result = perform(target, request["op"], request.get("params") or {})
+        if (
+            not isinstance(request, dict)
+            or not isinstance(request.get("op"), str)
+            or not set(request) <= {"op", "params"}
+        ):
+            raise ValueError('a request is {"op": ..., "params": {...}} and nothing else')
+        result = perform(target, request["op"], request.get("params", {}))
     except (Rejected, ValueError, TypeError, ControllerStopped, ControllerFailed) as error:
         return {"ok": False, "error": str(error)}
     return {"ok": True, "result": result}
 
 
-# -- The runner's side: serving the socket. ----------------------------------------------
-
-
-class ControlServer:
-    """Serves ``control.sock`` for one controller: an accept thread, and a thread per
-    connection (so a slow answer, e.g. an enqueue waiting for its fsync, holds up no
-    other client)."""
-
-    def __init__(self, target: Any, data_dir: str) -> None:
-        self._target = target
-        self._path = socket_path(data_dir)
-        self._listener: socket.socket | None = None
-        self._thread: threading.Thread | None = None
-        self._inode: int | None = None
-
-    @property
-    def path(self) -> str:
-        return self._path
-
-    def start(self) -> None:
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        # Bound under a temporary name and chmod-ed before it is renamed into place,
-        # so the socket is never reachable with the umask's looser mode.  A socket a
-        # crashed runner left behind is replaced by the rename (we hold the lock).
-        temporary = f"{self._path}.{os.getpid()}.tmp"
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        try:
-            listener.bind(temporary)
-            os.chmod(temporary, 0o600)
-            listener.listen(64)
-            os.rename(temporary, self._path)
-        except BaseException:
-            listener.close()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
-            raise
-        self._inode = os.stat(self._path).st_ino
-        self._listener = listener
-        self._thread = threading.Thread(target=self._accept, name="beaverq-control", daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        """Stop accepting and remove the socket (only if it is still ours)."""
-        listener, self._listener = self._listener, None
-        if listener is None:
-            return
-        with contextlib.suppress(OSError):
-            if os.stat(self._path).st_ino == self._inode:
-                os.unlink(self._path)
-        with contextlib.suppress(OSError):
-            listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() below
-        listener.close()
-        if self._thread is not None:
-            self._thread.join()
-
-    def _accept(self) -> None:
-        listener = self._listener
-        if listener is None:
-            raise BrokenInvariant("broken invariant: listener is not None")
-        while True:
-            try:
-                connection, _address = listener.accept()
-            except OSError:
-                return  # closed
-            threading.Thread(
-                target=self._serve, args=(connection,), name="beaverq-control-conn", daemon=True
-            ).start()
-
-    def _serve(self, connection: socket.socket) -> None:
-        with connection, connection.makefile("rwb") as stream:
-            line = stream.readline(LINE_BYTES_MAX + 1)
-            if not line:
-                return
-            if len(line) > LINE_BYTES_MAX:
-                reply: dict[str, Any] = {"ok": False, "error": "request too large"}
-            else:
-                try:
-                    reply = answer(self._target, line)
-                except Exception as error:  # a bug answering one request: say so, serve on
-                    reply = {"ok": False, "error": f"internal error: {_one_line(error)}"}
-            with contextlib.suppress(OSError):  # the client left: nothing to tell
-                stream.write(_encode(reply))
-                stream.flush()
+# -- The runner's side, serving the socket, is control_server.py. -----------------------
 
 
 def _encode(message: Mapping[str, Any]) -> bytes:
@@ -321,28 +313,88 @@ def _encode(message: Mapping[str, Any]) -> bytes:
 def request_runner(data_dir: str, op: str, params: Mapping[str, Any]) -> tuple[bool, Any]:
     """Ask the runner.  ``(False, None)`` when nothing listens on the socket;
     ``(True, result)`` when it answered; ``CommandFailed`` when it refused."""
+    request = _encode({"op": op, "params": dict(params)})
+    wait_s = answer_wait_s()
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     with client:
+        client.settimeout(CONNECT_S_MAX)
         try:
             client.connect(socket_path(data_dir))
         except (FileNotFoundError, ConnectionRefusedError):
             return False, None
+        except TimeoutError:
+            raise CommandFailed(
+                f"{socket_path(data_dir)}: the runner did not take the connection within "
+                f"{CONNECT_S_MAX:g} s (stuck or overloaded); the {op} was not sent"
+            ) from None
         except OSError as error:
             raise CommandFailed(f"{socket_path(data_dir)}: {error.strerror or error}") from None
-        with client.makefile("rwb") as stream:
-            stream.write(_encode({"op": op, "params": dict(params)}))
-            stream.flush()
-            line = stream.readline(LINE_BYTES_MAX + 1)
-    if not line:
+        client.settimeout(wait_s)
+        line = _exchange(client, op, request, wait_s)
+    reply = _reply(line)
+    if reply is None:
         # Sent, not answered: the runner stopped or crashed meanwhile.
-        raise CommandFailed(
-            f"the runner closed the connection without answering; a {op} may or may "
-            "not have taken effect (check with 'beaverq status' or 'show')"
-        )
-    reply = json.loads(line)
+        raise CommandFailed(unanswered(op, "the runner closed the connection without answering"))
     if not reply.get("ok"):
         raise CommandFailed(str(reply.get("error")))
     return True, reply.get("result")
+
+
+def _exchange(client: socket.socket, op: str, request: bytes, wait_s: float) -> bytes:
+    """Send the request, read the answer's line; a broken or silent runner is a
+    ``CommandFailed`` that says what may have happened, never a traceback."""
+    try:
+        with client.makefile("rwb") as stream:
+            stream.write(request)
+            stream.flush()
+            return stream.readline(LINE_BYTES_MAX + 1)
+    except TimeoutError:
+        raise CommandFailed(
+            unanswered(op, f"the runner did not answer within {wait_s:g} s")
+        ) from None
+    except OSError as error:  # ConnectionResetError, BrokenPipeError: it died meanwhile
+        why = f"the connection to the runner broke ({error.strerror or error})"
+        raise CommandFailed(unanswered(op, why)) from None
+
+
+def _reply(line: bytes) -> dict[str, Any] | None:
+    """The runner's answer, or None for no (complete, well-formed) answer."""
+    if not line.endswith(b"\n"):
+        return None
+    try:
+        reply = json.loads(line)
+    except ValueError:
+        return None
+    return reply if isinstance(reply, dict) and "ok" in reply else None
+
+
+def unanswered(op: str, why: str) -> str:
+    """What a client can say when its request went out and no answer came back: the
+    runner may have done it before it died (or while it is stuck), so say how to look."""
+    operation = OPERATIONS.get(op)
+    if operation is not None and operation.command is None:
+        return f"{why}; the {op} changed nothing: try again"
+    if operation is not None and operation.command is Enqueue:
+        what = "the job" if op == "enqueue" else "the batch (all or nothing)"
+        return (
+            f"{why}; {what} may or may not have been stored; check with the id or the "
+            "idempotency key ('beaverq show ID', 'beaverq jobs')"
+        )
+    return f"{why}; the {op} may or may not have taken effect (check with 'beaverq show')"
+
+
+def answer_wait_s() -> float:
+    """``ANSWER_WAIT_S_MAX``, or the seconds ``$BEAVERQ_ANSWER_WAIT_S`` names."""
+    text = os.environ.get(ANSWER_WAIT_VARIABLE)
+    if text is None or text == "":
+        return ANSWER_WAIT_S_MAX
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise CommandFailed(f"{ANSWER_WAIT_VARIABLE}={text!r}: expected a number of seconds > 0")
+    return value
 
 
 def execute(data_dir: str, op: str, params: Mapping[str, Any]) -> Any:
