@@ -59,9 +59,6 @@ from beaverq.model.limits import JOBS_MAX
 
 SOCKET_NAME = "control.sock"
 LINE_BYTES_MAX = 256 * 1024 * 1024  # the longest answer a client reads (a long `jobs`)
-#: How long a client waits for the runner to take its connection: only a stuck runner's
-#: backlog is full (the runner's own bounds are in control_server.py).
-CONNECT_S_MAX = 10.0
 #: How long a client waits for the answer once its request is sent: a runner answers
 #: in milliseconds, or seconds when a large snapshot holds its lock.  The environment
 #: variable ``BEAVERQ_ANSWER_WAIT_S`` may set another number of seconds.
@@ -75,6 +72,15 @@ RUNNER_STARTING_WAIT_S = 10.0
 
 class CommandFailed(Exception):
     """The command could not be done; the message is the one line the user sees."""
+
+
+class RunnerBusy(CommandFailed):
+    """The runner refused the connection before reading the request (too many at
+    once): nothing was done, so the client may ask again."""
+
+
+#: How a runner's refusal of an unread request begins (control_server.py).
+BUSY = "busy: "
 
 
 def socket_path(data_dir: str) -> str:
@@ -317,26 +323,28 @@ def request_runner(data_dir: str, op: str, params: Mapping[str, Any]) -> tuple[b
     wait_s = answer_wait_s()
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     with client:
-        client.settimeout(CONNECT_S_MAX)
+        # With a timeout the socket does not block: a Unix socket's connect then fails
+        # at once (EAGAIN) when the runner's backlog is full, where a blocking one
+        # would wait for as long as the runner is stuck.
+        client.settimeout(wait_s)
         try:
             client.connect(socket_path(data_dir))
         except (FileNotFoundError, ConnectionRefusedError):
             return False, None
-        except TimeoutError:
-            raise CommandFailed(
-                f"{socket_path(data_dir)}: the runner did not take the connection within "
-                f"{CONNECT_S_MAX:g} s (stuck or overloaded); the {op} was not sent"
+        except BlockingIOError:
+            raise RunnerBusy(
+                f"{BUSY}the runner's backlog of connections is full; the {op} was not sent"
             ) from None
         except OSError as error:
             raise CommandFailed(f"{socket_path(data_dir)}: {error.strerror or error}") from None
-        client.settimeout(wait_s)
         line = _exchange(client, op, request, wait_s)
     reply = _reply(line)
     if reply is None:
         # Sent, not answered: the runner stopped or crashed meanwhile.
         raise CommandFailed(unanswered(op, "the runner closed the connection without answering"))
     if not reply.get("ok"):
-        raise CommandFailed(str(reply.get("error")))
+        error = str(reply.get("error"))
+        raise (RunnerBusy if error.startswith(BUSY) else CommandFailed)(error)
     return True, reply.get("result")
 
 
@@ -344,15 +352,21 @@ def _exchange(client: socket.socket, op: str, request: bytes, wait_s: float) -> 
     """Send the request, read the answer's line; a broken or silent runner is a
     ``CommandFailed`` that says what may have happened, never a traceback."""
     try:
-        with client.makefile("rwb") as stream:
-            stream.write(request)
-            stream.flush()
+        client.sendall(request)
+    except TimeoutError:
+        raise CommandFailed(
+            unanswered(op, f"the runner did not take the request within {wait_s:g} s")
+        ) from None
+    except OSError:
+        pass  # it hung up: perhaps after saying why ("busy"), which is read below
+    try:
+        with client.makefile("rb") as stream:
             return stream.readline(LINE_BYTES_MAX + 1)
     except TimeoutError:
         raise CommandFailed(
             unanswered(op, f"the runner did not answer within {wait_s:g} s")
         ) from None
-    except OSError as error:  # ConnectionResetError, BrokenPipeError: it died meanwhile
+    except OSError as error:  # ConnectionResetError: it died meanwhile
         why = f"the connection to the runner broke ({error.strerror or error})"
         raise CommandFailed(unanswered(op, why)) from None
 
@@ -401,7 +415,13 @@ def execute(data_dir: str, op: str, params: Mapping[str, Any]) -> Any:
     """Do ``op`` through the runner if one answers, else on the data directory itself."""
     deadline = time.monotonic() + RUNNER_STARTING_WAIT_S
     while True:
-        answered, result = request_runner(data_dir, op, params)
+        try:
+            answered, result = request_runner(data_dir, op, params)
+        except RunnerBusy:  # refused before it was read: nothing was done, so ask again
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+            continue
         if answered:
             return result
         try:

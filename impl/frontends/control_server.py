@@ -31,7 +31,7 @@ from typing import Any
 
 from beaverq.model.errors import BrokenInvariant
 
-from .control import _encode, _one_line, answer, socket_path
+from .control import BUSY, _encode, _one_line, answer, socket_path
 
 #: The longest request line, newline included; a batch of some 400,000 small jobs fits.
 REQUEST_BYTES_MAX = 32 * 1024 * 1024
@@ -93,7 +93,8 @@ class ControlServer:
         self._thread: threading.Thread | None = None
         self._inode: int | None = None
         self._closing = threading.Event()
-        self._slots = threading.BoundedSemaphore(connections_max())
+        self._connections_max = connections_max()
+        self._slots = threading.BoundedSemaphore(self._connections_max)
         self._budget = _ByteBudget(REQUESTS_BUFFERED_BYTES_MAX)
         #: Failed accepts so far (EMFILE and the like), for tests and the curious.
         self.accept_errors = 0
@@ -160,7 +161,10 @@ class ControlServer:
     def _dispatch(self, connection: socket.socket) -> None:
         """A thread for ``connection`` if a slot is free, else "busy" and close it."""
         if not self._slots.acquire(blocking=False):
-            _refuse_busy(connection, f"CONNECTIONS_MAX={CONNECTIONS_MAX}")
+            _refuse_busy(
+                connection,
+                f"the runner serves {self._connections_max} connections at once (CONNECTIONS_MAX)",
+            )
             return
         try:
             threading.Thread(
@@ -168,7 +172,7 @@ class ControlServer:
             ).start()
         except RuntimeError:  # no thread can be started now: as busy as can be
             self._slots.release()
-            _refuse_busy(connection, "no thread could be started")
+            _refuse_busy(connection, "the runner cannot start a thread for another connection")
 
     def _serve(self, connection: socket.socket) -> None:
         try:
@@ -212,8 +216,8 @@ class ControlServer:
                     )
                 if not self._budget.take(len(chunk)):
                     raise RequestRefused(
-                        "busy: the runner is reading REQUESTS_BUFFERED_BYTES_MAX="
-                        f"{REQUESTS_BUFFERED_BYTES_MAX} bytes of requests; try again"
+                        f"{BUSY}the runner is reading REQUESTS_BUFFERED_BYTES_MAX="
+                        f"{REQUESTS_BUFFERED_BYTES_MAX} bytes of requests; nothing was done"
                     )
                 size += len(chunk)
                 end = chunk.find(b"\n")
@@ -237,8 +241,9 @@ def _send(connection: socket.socket, data: bytes, timeout_s: float) -> None:
         connection.sendall(data)
 
 
-def _refuse_busy(connection: socket.socket, limit: str) -> None:
+def _refuse_busy(connection: socket.socket, reason: str) -> None:
     """Tell a connection over the limit so, without blocking the accept thread: the
     short answer fits the socket's buffer, or is dropped."""
     with connection:
-        _send(connection, _encode({"ok": False, "error": f"busy: {limit}; try again"}), 0.0)
+        refusal = f"{BUSY}{reason}; nothing was done"
+        _send(connection, _encode({"ok": False, "error": refusal}), 0.0)
