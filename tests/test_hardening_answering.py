@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from beaverq.impl.frontends.control import ANSWER_WAIT_VARIABLE
+from beaverq.impl.frontends.control import ANSWER_WAIT_VARIABLE, CommandFailed, execute
 from beaverq.impl.frontends.control_server import (
     CONNECTIONS_MAX,
     REQUEST_BYTES_MAX,
@@ -323,3 +323,108 @@ def test_a_runner_killed_mid_request_gives_may_or_may_not_not_a_traceback(
     assert "may or may not have been stored; check with the id or the idempotency key" in message
     shown = beaverq(runner.data_dir, "show", "cut", "--json")
     assert shown.returncode == 0 or "unknown job" in shown.stderr, shown.stderr
+
+
+# -- A runner starts while producers enqueue without one. ----------------------------------
+
+PRODUCER_ENQUEUES_MAX = 400  # per producer loop: the loops stop themselves
+RUNNER_STARTS = 3
+STOPPING_REFUSALS = ("the controller is stopping", "the controller is closed")
+
+
+def produce(data_dir: Path, name: str, stop: threading.Event, failures: list[str]) -> None:
+    """Enqueue jobs one call at a time until told to stop (or the bound), through
+    ``control.execute``, the CLI's road: without a runner each call holds the lock for
+    its turn, back to back (a loop of ``beaverq enqueue`` adds a process start between
+    turns, so it leaves the lock free more often)."""
+    for number in range(PRODUCER_ENQUEUES_MAX):
+        if stop.is_set():
+            return
+        try:
+            execute(
+                str(data_dir), "enqueue", {"job": {"handler": "noop", "id": f"{name}-{number}"}}
+            )
+        except CommandFailed as failure:
+            # A runner that is stopping refuses new jobs (ControllerStopped), clearly
+            # and storing nothing: that is no failure to start; anything else is.
+            if not str(failure).startswith(STOPPING_REFUSALS):
+                failures.append(str(failure))
+
+
+def test_a_runner_starts_while_producers_enqueue_without_one(tmp_path: Path) -> None:
+    """Goal: producers that enqueue without a runner hold the data directory's lock
+    for each command; a runner starting meanwhile waits for such a short hold instead
+    of failing with "another runner holds the data directory" (10 of 10 starts failed
+    with two producer loops).  No enqueue fails either.
+
+    Method: two producer loops (threads here); start ``beaverq run`` several
+    times meanwhile: each must serve its socket (and stop with 0 on SIGTERM)."""
+    data_dir = tmp_path / "data"
+    stop = threading.Event()
+    failures: list[str] = []
+    producers = [
+        threading.Thread(target=produce, args=(data_dir, f"p{n}", stop, failures)) for n in range(2)
+    ]
+    for producer in producers:
+        producer.start()
+    try:
+        wait_until(lambda: (data_dir / "LOCK").exists())
+        for _ in range(RUNNER_STARTS):
+            started = RunningRunner(data_dir)  # fails if the run exits instead
+            assert started.stop() == 0
+    finally:
+        stop.set()
+        for producer in producers:
+            producer.join(WAIT_S)
+    assert not any(producer.is_alive() for producer in producers)
+    assert failures == []
+
+
+HOLDER = r"""
+import sys
+from beaverq.impl.storage.fs import RealFileSystem
+from beaverq.impl.storage.storage import Storage
+
+fs = RealFileSystem()
+storage, state, report = Storage.open(fs, sys.argv[1])
+print("locked", flush=True)
+sys.stdin.readline()  # hold the lock until the parent says otherwise
+storage.close()
+"""
+
+
+def test_a_lock_holder_that_is_not_a_runner_is_not_named_a_runner(tmp_path: Path) -> None:
+    """Goal: a runner waits a bounded time for a holder that is not a runner, and then
+    names it by its pid without calling it a runner; a real runner is named at once.
+
+    Method: a child process opens the data directory and holds it (no socket);
+    ``beaverq run`` must exit 1 after RUNNER_LOCK_WAIT_S with one line naming the
+    child's pid and not "another runner".  Then, with a real runner holding it, a
+    second ``run`` is refused at once as "another runner"."""
+    from beaverq.impl.frontends.api import RUNNER_LOCK_WAIT_S
+
+    data_dir = tmp_path / "data"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(data_dir)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        started = time.monotonic()
+        message = one_line_error(beaverq(data_dir, "run", "--until-idle"))
+        assert time.monotonic() - started >= RUNNER_LOCK_WAIT_S
+        assert f"in use by process {holder.pid}" in message
+        assert "runner holds" not in message and "not a runner" in message
+    finally:
+        holder.communicate("release\n", timeout=WAIT_S)
+    running = RunningRunner(data_dir)
+    try:
+        started = time.monotonic()
+        message = one_line_error(beaverq(data_dir, "run", "--until-idle"))
+        assert time.monotonic() - started < RUNNER_LOCK_WAIT_S
+        assert f"another runner holds the data directory: {data_dir}" in message
+        assert f"in use by process {running.pid}" in message
+    finally:
+        assert running.stop() == 0

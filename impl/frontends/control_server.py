@@ -16,7 +16,9 @@ whatever the clients do (docs/security.md, "Stuck and hostile clients"):
   ``ANSWER_S_MAX`` to take the answer; then the runner hangs up on it;
 * an error from ``accept`` (EMFILE: no descriptor left; ECONNABORTED; ENOMEM) is
   transient: the accept thread waits ``ACCEPT_RETRY_S`` and accepts again.  It ends only
-  when ``close`` asks it to.
+  when ``close`` asks it to, and then answers "busy" to the connections still waiting,
+  so that their clients ask again (the "busy" answers come before a request is read:
+  nothing was done, so asking again is safe).
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ REQUEST_S_MAX = 5.0
 ANSWER_S_MAX = 10.0
 #: After a failed accept (EMFILE ...), before the next one.
 ACCEPT_RETRY_S = 0.05
+#: How often the accept thread looks whether ``close`` has asked it to end.
+ACCEPT_POLL_S = 0.1
 #: The listener's backlog: connections the kernel holds before the accept thread sees them.
 BACKLOG = 64
 #: How much one recv may take.
@@ -131,32 +135,47 @@ class ControlServer:
         listener, self._listener = self._listener, None
         if listener is None:
             return
-        self._closing.set()
+        # The name goes first: no client finds the socket after this, and those
+        # already in the backlog are answered by the accept thread's drain.
         with contextlib.suppress(OSError):
             if os.stat(self._path).st_ino == self._inode:
                 os.unlink(self._path)
-        with contextlib.suppress(OSError):
-            listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() below
-        listener.close()
+        self._closing.set()
         if self._thread is not None:
             self._thread.join()
+        listener.close()
 
     def _accept(self) -> None:
         listener = self._listener
         if listener is None:
             raise BrokenInvariant("broken invariant: listener is not None")
+        listener.settimeout(ACCEPT_POLL_S)  # to see close()'s request in good time
         while not self._closing.is_set():
             try:
                 connection, _address = listener.accept()
+            except TimeoutError:
+                continue
             except OSError:
-                if self._closing.is_set():
-                    return
                 # Out of descriptors (EMFILE), or a client gone before we took it:
                 # nothing wrong with the listener.  Waiting lets a descriptor free up.
                 self.accept_errors += 1
                 self._closing.wait(ACCEPT_RETRY_S)
                 continue
             self._dispatch(connection)
+        self._drain(listener)
+
+    def _drain(self, listener: socket.socket) -> None:
+        """Answer "busy" to the connections left in the backlog once the socket's name
+        is gone (closing would reset them, and an enqueue's client could not tell
+        whether it was stored): their clients ask again, find no socket, and do their
+        command on the data directory once this runner has let go of it."""
+        listener.setblocking(False)
+        for _ in range(2 * BACKLOG):  # the backlog holds about BACKLOG: bounded anyway
+            try:
+                connection, _address = listener.accept()
+            except OSError:  # BlockingIOError: the backlog is empty
+                return
+            _refuse_busy(connection, "the runner is stopping")
 
     def _dispatch(self, connection: socket.socket) -> None:
         """A thread for ``connection`` if a slot is free, else "busy" and close it."""
