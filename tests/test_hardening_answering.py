@@ -428,3 +428,60 @@ def test_a_lock_holder_that_is_not_a_runner_is_not_named_a_runner(tmp_path: Path
         assert f"in use by process {running.pid}" in message
     finally:
         assert running.stop() == 0
+
+
+# -- The hold time, in-process with short bounds (the real runner's are seconds). ----------
+
+
+def connection_threads() -> int:
+    return sum(1 for thread in threading.enumerate() if thread.name == "beaverq-control-conn")
+
+
+class _ManyJobs:
+    """A target whose ``jobs`` answer is far larger than a socket's buffer."""
+
+    def jobs(self, *_: object) -> list[dict[str, str]]:
+        return [{"job_id": f"job-{number}", "padding": "x" * 100} for number in range(50_000)]
+
+
+def test_a_client_that_trickles_or_does_not_read_is_hung_up_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Goal: the hold time bounds the whole request, not each read (a client that
+    sends one byte at a time is hung up on at REQUEST_S_MAX), and the answer
+    (ANSWER_S_MAX: a client that asks for a large answer and never reads it is hung
+    up on, its thread freed).
+
+    Method: a ``ControlServer`` with both bounds at 0.5 s; one client sends a byte
+    every 0.1 s (at most 100) and must read "not received within"; another asks for a
+    6 MB answer, reads nothing until the server has given up, then must find the answer
+    cut short."""
+    from beaverq.impl.frontends import control_server
+
+    monkeypatch.setattr(control_server, "REQUEST_S_MAX", 0.5)
+    monkeypatch.setattr(control_server, "ANSWER_S_MAX", 0.5)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    server = control_server.ControlServer(_ManyJobs(), str(data_dir))
+    server.start()
+    try:
+        with connect(server.path) as trickler:
+            answer = None
+            for _ in range(100):  # 10 s at most; the server gives up after 0.5 s
+                try:
+                    trickler.sendall(b" ")
+                except OSError:
+                    break  # hung up on
+                threading.Event().wait(0.1)
+            answer = read_answer(trickler)
+            assert answer is not None and "not received within 0.5 s" in str(answer["error"])
+        with connect(server.path, timeout_s=WAIT_S) as reader:
+            reader.sendall(b'{"op": "jobs"}\n')
+            wait_until(lambda: connection_threads() == 1)  # served, and held 0.5 s at least
+            wait_until(lambda: connection_threads() == 0)  # the server gave up on us
+            received = b""
+            while chunk := reader.recv(1 << 20):
+                received += chunk
+            assert len(received) > 0 and not received.endswith(b"\n")  # cut short
+    finally:
+        server.close()

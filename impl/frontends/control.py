@@ -154,7 +154,8 @@ def _job(value: Any) -> JobRequest:
 
 def _jobs(value: Any) -> list[JobRequest]:
     if not isinstance(value, list) or not value:
-        raise ValueError(f"must be a non-empty array of jobs, got {_json_type(value)}")
+        got = "an empty array" if value == [] else _json_type(value)
+        raise ValueError(f"must be a non-empty array of jobs, got {got}")
     return [_job(job) for job in value]
 
 
