@@ -42,10 +42,10 @@ from .control import (
     CommandFailed,
     _perform_or_fail,
     execute,
-    job_request,
     request_runner,
     socket_path,
 )
+from .control_params import job_request
 from .control_server import ControlServer
 
 #: How long a starting runner waits for the data directory's lock while no runner
