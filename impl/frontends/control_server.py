@@ -100,7 +100,7 @@ class ControlServer:
         self._connections_max = connections_max()
         self._slots = threading.BoundedSemaphore(self._connections_max)
         self._budget = _ByteBudget(REQUESTS_BUFFERED_BYTES_MAX)
-        #: Failed accepts so far (EMFILE and the like), for tests and the curious.
+        #: Failed accepts so far (EMFILE and the like): each was waited out, none fatal.
         self.accept_errors = 0
 
     @property
