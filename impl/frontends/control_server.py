@@ -47,7 +47,8 @@ REQUEST_S_MAX = 5.0
 ANSWER_S_MAX = 10.0
 #: After a failed accept (EMFILE ...), before the next one.
 ACCEPT_RETRY_S = 0.05
-#: How often the accept thread looks whether ``close`` has asked it to end.
+#: How often the accept thread, and a connection still waiting for its request, look
+#: whether ``close`` has asked them to end.
 ACCEPT_POLL_S = 0.1
 #: The listener's backlog: connections the kernel holds before the accept thread sees them.
 BACKLOG = 64
@@ -144,6 +145,17 @@ class ControlServer:
         if self._thread is not None:
             self._thread.join()
         listener.close()
+        self._wait_for_connections()
+
+    def _wait_for_connections(self) -> None:
+        """Let the connections being served finish, so that none is cut (reset) by
+        the process's exit: one that has sent nothing is told "busy" within
+        ``ACCEPT_POLL_S``, the others are answered (the controller, stopped by now,
+        refuses at once), each within its bounds, so this wait is bounded too."""
+        deadline = time.monotonic() + REQUEST_S_MAX + ANSWER_S_MAX
+        for _ in range(self._connections_max):  # every slot free: no one served
+            if not self._slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                return
 
     def _accept(self) -> None:
         listener = self._listener
@@ -220,13 +232,14 @@ class ControlServer:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise RequestRefused(f"request not received within {REQUEST_S_MAX:g} s")
-                connection.settimeout(remaining)
+                if size == 0 and self._closing.is_set():  # nothing read: safe to ask again
+                    raise RequestRefused(f"{BUSY}the runner is stopping; nothing was done")
+                # In slices, so that a client that has sent nothing yet sees a stop soon.
+                connection.settimeout(min(remaining, ACCEPT_POLL_S))
                 try:
                     chunk = connection.recv(_CHUNK_BYTES)
                 except TimeoutError:
-                    raise RequestRefused(
-                        f"request not received within {REQUEST_S_MAX:g} s"
-                    ) from None
+                    continue
                 if not chunk:
                     return None if size == 0 else b"".join(chunks)  # EOF ends the line too
                 if size + len(chunk) > REQUEST_BYTES_MAX:
