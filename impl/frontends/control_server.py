@@ -16,9 +16,10 @@ whatever the clients do (docs/security.md, "Stuck and hostile clients"):
   ``ANSWER_S_MAX`` to take the answer; then the runner hangs up on it;
 * an error from ``accept`` (EMFILE: no descriptor left; ECONNABORTED; ENOMEM) is
   transient: the accept thread waits ``ACCEPT_RETRY_S`` and accepts again.  It ends only
-  when ``close`` asks it to, and then answers "busy" to the connections still waiting,
-  so that their clients ask again (the "busy" answers come before a request is read:
-  nothing was done, so asking again is safe).
+  when ``close`` asks it to, and then answers "busy" to the connections still waiting
+  (in the backlog, or without a byte of their request sent), so that their clients ask
+  again (a "busy" answer comes before a request is read: nothing was done, so asking
+  again is safe); ``close`` lets the others be answered, so a stop cuts no client.
 """
 
 from __future__ import annotations
