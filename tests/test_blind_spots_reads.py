@@ -29,7 +29,8 @@ from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 from test_controller import FAILED, OK, World
 
-from beaverq.impl.frontends.control import ControlServer, StateView, answer, perform, request_runner
+from beaverq.impl.frontends.control import StateView, answer, perform, request_runner
+from beaverq.impl.frontends.control_server import ControlServer
 from beaverq.model import FINISHED, JobStatus, initial_state, replay
 
 READS: list[tuple[str, dict[str, Any]]] = [

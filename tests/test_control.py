@@ -16,7 +16,8 @@ import pytest
 
 from beaverq.impl.frontends import control
 from beaverq.impl.frontends.api import RunFailed, Runner, open_queue
-from beaverq.impl.frontends.control import CommandFailed, ControlServer, answer, execute
+from beaverq.impl.frontends.control import CommandFailed, answer, execute
+from beaverq.impl.frontends.control_server import ControlServer
 from beaverq.impl.runtime.handlers import HandlerRegistry
 
 

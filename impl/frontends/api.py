@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -37,12 +38,36 @@ from beaverq.impl.runtime.workers import ThreadPool, WorkerPool
 from beaverq.impl.storage.fs import DataDirLocked, RealFileSystem, StorageError
 from beaverq.model.errors import BrokenInvariant
 
-from .control import ControlServer, _perform_or_fail, execute, job_request
+from .control import (
+    CommandFailed,
+    _perform_or_fail,
+    execute,
+    request_runner,
+    socket_path,
+)
+from .control_params import job_request
+from .control_server import ControlServer
 from .trust import Untrusted, check_data_dir
+
+#: How long a starting runner waits for the data directory's lock while no runner
+#: answers on its socket: a command without a runner holds the lock for its own short
+#: turn (a read, or an enqueue and its fsync), and producers in a loop take turns.
+RUNNER_LOCK_WAIT_S = 10.0
+#: Between two tries for the lock.
+LOCK_RETRY_S = 0.01
 
 
 class RunFailed(Exception):
     """A runner could not start (e.g. another runner holds the data directory)."""
+
+
+def _a_runner_answers(data_dir: str) -> bool:
+    """Whether a runner serves the data directory's socket: only a runner does."""
+    try:
+        answered, _status = request_runner(data_dir, "status", {})
+    except CommandFailed:
+        return True  # it took the connection and failed to answer: busy or stuck
+    return answered
 
 
 class Runner:
@@ -89,12 +114,10 @@ class Runner:
                 if self._pool_kind == "processes"
                 else ThreadPool(self._registry, self._workers)
             )
-            self.controller = Controller.open(
-                self.data_dir, self.pool, fs=self._fs, options=self._options
-            )
-        except DataDirLocked as locked:
+            self.controller = self._open_when_free(self.pool)
+        except RunFailed:
             self._fs.close()
-            raise RunFailed(f"another runner holds the data directory: {locked}") from None
+            raise
         except (OSError, StorageError, ValueError) as error:
             self._fs.close()
             raise RunFailed(f"{self.data_dir}: cannot open: {error}") from None
@@ -111,6 +134,25 @@ class Runner:
             self._fs.close()
             raise RunFailed(f"cannot serve {self._server.path}: {error}") from None
         return self
+
+    def _open_when_free(self, pool: WorkerPool) -> Controller:
+        """Open the data directory once no other process holds its lock.  A runner
+        that holds it is named at once (it answers on the socket); a command without a
+        runner holds it only for its short turn, so wait, up to ``RUNNER_LOCK_WAIT_S``."""
+        deadline = time.monotonic() + RUNNER_LOCK_WAIT_S
+        while True:
+            try:
+                return Controller.open(self.data_dir, pool, fs=self._fs, options=self._options)
+            except DataDirLocked as locked:
+                if _a_runner_answers(self.data_dir):
+                    raise RunFailed(f"another runner holds the data directory: {locked}") from None
+                if time.monotonic() >= deadline:
+                    raise RunFailed(
+                        f"{locked}, which kept it {RUNNER_LOCK_WAIT_S:g} s without serving "
+                        f"{socket_path(self.data_dir)}: not a runner, or one still recovering"
+                    ) from None
+            # The lock tells no one when it is free: look again shortly (bounded above).
+            time.sleep(LOCK_RETRY_S)
 
     def until_idle(self, timeout_s: float | None = None) -> bool:
         if self.controller is None:

@@ -20,16 +20,14 @@ client that reads ``"ok": true`` for an enqueue may tell its caller the job is s
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import math
 import os
 import socket
 import sys
-import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -38,7 +36,6 @@ from beaverq.impl.runtime.clock import SystemClock
 from beaverq.impl.runtime.controller import Controller
 from beaverq.impl.runtime.errors import ControllerFailed, ControllerStopped
 from beaverq.impl.runtime.handlers import HandlerRegistry
-from beaverq.impl.runtime.job_request import JobRequest
 from beaverq.impl.runtime.read_models import job_detail, jobs_of, status_of
 from beaverq.impl.runtime.workers import ThreadPool
 from beaverq.impl.storage.fs import DataDirLocked, RealFileSystem, StorageError
@@ -58,12 +55,17 @@ from beaverq.model import (
     evolve,
     initial_state,
 )
-from beaverq.model.errors import BrokenInvariant
 
+from .control_params import PARAMETERS, json_type
 from .trust import Untrusted, check_data_dir, check_peer, check_socket_file
 
 SOCKET_NAME = "control.sock"
-LINE_BYTES_MAX = 256 * 1024 * 1024  # a batch of a few hundred thousand jobs fits
+LINE_BYTES_MAX = 256 * 1024 * 1024  # the longest answer a client reads (a long `jobs`)
+#: How long a client waits for the answer once its request is sent: a runner answers
+#: in milliseconds, or seconds when a large snapshot holds its lock.  The environment
+#: variable ``BEAVERQ_ANSWER_WAIT_S`` may set another number of seconds.
+ANSWER_WAIT_S_MAX = 60.0
+ANSWER_WAIT_VARIABLE = "BEAVERQ_ANSWER_WAIT_S"
 #: How long a command waits while the lock is held and no socket answers: a runner
 #: still recovering its log, or another command holding the lock for its own short
 #: turn.  After that it gives up and names the holder.
@@ -74,55 +76,21 @@ class CommandFailed(Exception):
     """The command could not be done; the message is the one line the user sees."""
 
 
+class RunnerBusy(CommandFailed):
+    """The runner refused the connection before reading the request (too many at
+    once): nothing was done, so the client may ask again."""
+
+
+#: How a runner's refusal of an unread request begins (control_server.py).
+BUSY = "busy: "
+
+
 def socket_path(data_dir: str) -> str:
     return os.path.join(data_dir, SOCKET_NAME)
 
 
 # -- Operations: one table, each to a controller method and a model command. ----------
-
-_SECONDS_FIELDS = {"timeout": "timeout_ms", "delay": "delay_ms"}
-_RENAMED_FIELDS = {"id": "job_id"}
-
-
-def job_request(fields: Mapping[str, Any]) -> JobRequest:
-    """A ``JobRequest`` from the CLI's vocabulary (flag names; seconds, not ms).
-
-    ``--max-attempts`` may be spelt ``max_attempts`` or ``max-attempts``; ``timeout``
-    and ``delay`` are seconds, turned into the model's milliseconds here."""
-    converted: dict[str, Any] = {}
-    for raw_name, value in fields.items():
-        if not isinstance(raw_name, str):
-            raise ValueError(f"field names must be strings, got {raw_name!r}")
-        name = raw_name.replace("-", "_")
-        if name in _SECONDS_FIELDS:
-            converted[_SECONDS_FIELDS[name]] = seconds_to_ms(value, name)
-        else:
-            converted[_RENAMED_FIELDS.get(name, name)] = value
-    for name in ("priority", "max_attempts"):
-        value = converted.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
-    return JobRequest.from_mapping(converted)
-
-
-def seconds_to_ms(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number of seconds, got {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
-    if value > 10**12:  # far beyond every model limit; keeps the product exact
-        raise ValueError(f"{name} is out of range: {value!r} seconds")
-    return round(value * 1000)
-
-
-def _job_requests(jobs: Any) -> list[JobRequest]:
-    if not isinstance(jobs, list):
-        raise ValueError("jobs must be a list")
-    return [job_request(job) for job in jobs]
-
-
-#: How a parameter's JSON value becomes the method's argument (the others pass as is).
-_PARAMETER_TYPES: dict[str, Callable[[Any], Any]] = {"job": job_request, "jobs": _job_requests}
+# (Each parameter's check is declared in control_params.py, ``PARAMETERS``.)
 
 
 @attrs.frozen
@@ -164,6 +132,12 @@ def check_wiring(operations: Mapping[str, Operation]) -> None:
                     f"operation {name!r} is half-wired: {target.__name__} has no "
                     f"method {operation.method!r}"
                 )
+        undeclared = [param for param in operation.params if param not in PARAMETERS]
+        if undeclared:
+            raise TypeError(
+                f"operation {name!r} is half-wired: parameter {undeclared[0]!r} is not "
+                "declared in PARAMETERS"
+            )
         command = operation.command
         if command is not None and command is not Enqueue:
             fields = set(attrs.fields_dict(command)) - {"now_ms"}
@@ -184,14 +158,23 @@ def operation_named(op: str) -> Operation:
 def _arguments(op: str, operation: Operation, params: Mapping[str, Any]) -> list[Any]:
     """The method's arguments, from the request's parameters, in the table's order."""
     if not isinstance(params, Mapping):
-        raise ValueError("params must be an object")
-    arguments = []
+        raise ValueError(f"{op}: params must be an object, got {json_type(params)}")
+    unknown = sorted(str(name) for name in params if name not in operation.params)
+    if unknown:
+        takes = ", ".join(operation.params) or "no parameters"
+        raise ValueError(f"{op}: unknown parameter {unknown[0]!r} (it takes {takes})")
+    arguments: list[Any] = []
     for name in operation.params:
         if name not in params and not operation.optional:
             raise ValueError(f"{op}: missing parameter {name!r}")
         value = params.get(name)
-        convert = _PARAMETER_TYPES.get(name)
-        arguments.append(value if convert is None or value is None else convert(value))
+        if value is None and operation.optional:
+            arguments.append(None)  # left out: the method's default
+            continue
+        try:
+            arguments.append(PARAMETERS[name](value))
+        except ValueError as error:
+            raise ValueError(f"{op}: {name} {error}") from None
     return arguments
 
 
@@ -220,98 +203,19 @@ def answer(target: Any, line: bytes) -> dict[str, Any]:
     request's content (a bad request is the client's error, not the runner's)."""
     try:
         request = json.loads(line)
-        if not isinstance(request, dict) or not isinstance(request.get("op"), str):
-            raise ValueError('a request is {"op": ..., "params": {...}}')
-        result = perform(target, request["op"], request.get("params") or {})
+        if (
+            not isinstance(request, dict)
+            or not isinstance(request.get("op"), str)
+            or not set(request) <= {"op", "params"}
+        ):
+            raise ValueError('a request is {"op": ..., "params": {...}} and nothing else')
+        result = perform(target, request["op"], request.get("params", {}))
     except (Rejected, ValueError, TypeError, ControllerStopped, ControllerFailed) as error:
         return {"ok": False, "error": str(error)}
     return {"ok": True, "result": result}
 
 
-# -- The runner's side: serving the socket. ----------------------------------------------
-
-
-class ControlServer:
-    """Serves ``control.sock`` for one controller: an accept thread, and a thread per
-    connection (so a slow answer, e.g. an enqueue waiting for its fsync, holds up no
-    other client)."""
-
-    def __init__(self, target: Any, data_dir: str) -> None:
-        self._target = target
-        self._path = socket_path(data_dir)
-        self._listener: socket.socket | None = None
-        self._thread: threading.Thread | None = None
-        self._inode: int | None = None
-
-    @property
-    def path(self) -> str:
-        return self._path
-
-    def start(self) -> None:
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        # Bound under a temporary name and chmod-ed before it is renamed into place,
-        # so the socket is never reachable with the umask's looser mode.  A socket a
-        # crashed runner left behind is replaced by the rename (we hold the lock).
-        temporary = f"{self._path}.{os.getpid()}.tmp"
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        try:
-            listener.bind(temporary)
-            os.chmod(temporary, 0o600)
-            listener.listen(64)
-            os.rename(temporary, self._path)
-        except BaseException:
-            listener.close()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
-            raise
-        self._inode = os.stat(self._path).st_ino
-        self._listener = listener
-        self._thread = threading.Thread(target=self._accept, name="beaverq-control", daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        """Stop accepting and remove the socket (only if it is still ours)."""
-        listener, self._listener = self._listener, None
-        if listener is None:
-            return
-        with contextlib.suppress(OSError):
-            if os.stat(self._path).st_ino == self._inode:
-                os.unlink(self._path)
-        with contextlib.suppress(OSError):
-            listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() below
-        listener.close()
-        if self._thread is not None:
-            self._thread.join()
-
-    def _accept(self) -> None:
-        listener = self._listener
-        if listener is None:
-            raise BrokenInvariant("broken invariant: listener is not None")
-        while True:
-            try:
-                connection, _address = listener.accept()
-            except OSError:
-                return  # closed
-            threading.Thread(
-                target=self._serve, args=(connection,), name="beaverq-control-conn", daemon=True
-            ).start()
-
-    def _serve(self, connection: socket.socket) -> None:
-        with connection, connection.makefile("rwb") as stream:
-            line = stream.readline(LINE_BYTES_MAX + 1)
-            if not line:
-                return
-            if len(line) > LINE_BYTES_MAX:
-                reply: dict[str, Any] = {"ok": False, "error": "request too large"}
-            else:
-                try:
-                    reply = answer(self._target, line)
-                except Exception as error:  # a bug answering one request: say so, serve on
-                    reply = {"ok": False, "error": f"internal error: {_one_line(error)}"}
-            with contextlib.suppress(OSError):  # the client left: nothing to tell
-                stream.write(_encode(reply))
-                stream.flush()
+# -- The runner's side, serving the socket, is control_server.py. -----------------------
 
 
 def _encode(message: Mapping[str, Any]) -> bytes:
@@ -327,8 +231,14 @@ def request_runner(data_dir: str, op: str, params: Mapping[str, Any]) -> tuple[b
     the directory, the socket or the process answering is not the user's (trust.py:
     then nothing is sent)."""
     path = socket_path(data_dir)
+    request = _encode({"op": op, "params": dict(params)})
+    wait_s = answer_wait_s()
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     with client:
+        # With a timeout the socket does not block: a Unix socket's connect then fails
+        # at once (EAGAIN) when the runner's backlog is full, where a blocking one
+        # would wait for as long as the runner is stuck.
+        client.settimeout(wait_s)
         try:
             check_data_dir(data_dir)
             if not check_socket_file(path):
@@ -339,29 +249,97 @@ def request_runner(data_dir: str, op: str, params: Mapping[str, Any]) -> tuple[b
             raise CommandFailed(str(untrusted)) from None
         except (FileNotFoundError, ConnectionRefusedError):
             return False, None
+        except BlockingIOError:
+            raise RunnerBusy(
+                f"{BUSY}the runner's backlog of connections is full; the {op} was not sent"
+            ) from None
         except OSError as error:
             raise CommandFailed(f"{path}: {error.strerror or error}") from None
-        with client.makefile("rwb") as stream:
-            stream.write(_encode({"op": op, "params": dict(params)}))
-            stream.flush()
-            line = stream.readline(LINE_BYTES_MAX + 1)
-    if not line:
+        line = _exchange(client, op, request, wait_s)
+    reply = _reply(line)
+    if reply is None:
         # Sent, not answered: the runner stopped or crashed meanwhile.
-        raise CommandFailed(
-            f"the runner closed the connection without answering; a {op} may or may "
-            "not have taken effect (check with 'beaverq status' or 'show')"
-        )
-    reply = json.loads(line)
+        raise CommandFailed(unanswered(op, "the runner closed the connection without answering"))
     if not reply.get("ok"):
-        raise CommandFailed(str(reply.get("error")))
+        refusal = str(reply.get("error"))
+        raise (RunnerBusy if refusal.startswith(BUSY) else CommandFailed)(refusal)
     return True, reply.get("result")
+
+
+def _exchange(client: socket.socket, op: str, request: bytes, wait_s: float) -> bytes:
+    """Send the request, read the answer's line; a broken or silent runner is a
+    ``CommandFailed`` that says what may have happened, never a traceback."""
+    try:
+        client.sendall(request)
+    except TimeoutError:
+        raise CommandFailed(
+            unanswered(op, f"the runner did not take the request within {wait_s:g} s")
+        ) from None
+    except OSError:
+        pass  # it hung up: perhaps after saying why ("busy"), which is read below
+    try:
+        with client.makefile("rb") as stream:
+            return stream.readline(LINE_BYTES_MAX + 1)
+    except TimeoutError:
+        raise CommandFailed(
+            unanswered(op, f"the runner did not answer within {wait_s:g} s")
+        ) from None
+    except OSError as error:  # ConnectionResetError: it died meanwhile
+        why = f"the connection to the runner broke ({error.strerror or error})"
+        raise CommandFailed(unanswered(op, why)) from None
+
+
+def _reply(line: bytes) -> dict[str, Any] | None:
+    """The runner's answer, or None for no (complete, well-formed) answer."""
+    if not line.endswith(b"\n"):
+        return None
+    try:
+        reply = json.loads(line)
+    except ValueError:
+        return None
+    return reply if isinstance(reply, dict) and "ok" in reply else None
+
+
+def unanswered(op: str, why: str) -> str:
+    """What a client can say when its request went out and no answer came back: the
+    runner may have done it before it died (or while it is stuck), so say how to look."""
+    operation = OPERATIONS.get(op)
+    if operation is not None and operation.command is None:
+        return f"{why}; the {op} changed nothing: try again"
+    if operation is not None and operation.command is Enqueue:
+        what = "the job" if op == "enqueue" else "the batch (all or nothing)"
+        return (
+            f"{why}; {what} may or may not have been stored; check with the id or the "
+            "idempotency key ('beaverq show ID', 'beaverq jobs')"
+        )
+    return f"{why}; the {op} may or may not have taken effect (check with 'beaverq show')"
+
+
+def answer_wait_s() -> float:
+    """``ANSWER_WAIT_S_MAX``, or the seconds ``$BEAVERQ_ANSWER_WAIT_S`` names."""
+    text = os.environ.get(ANSWER_WAIT_VARIABLE)
+    if text is None or text == "":
+        return ANSWER_WAIT_S_MAX
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise CommandFailed(f"{ANSWER_WAIT_VARIABLE}={text!r}: expected a number of seconds > 0")
+    return value
 
 
 def execute(data_dir: str, op: str, params: Mapping[str, Any]) -> Any:
     """Do ``op`` through the runner if one answers, else on the data directory itself."""
     deadline = time.monotonic() + RUNNER_STARTING_WAIT_S
     while True:
-        answered, result = request_runner(data_dir, op, params)
+        try:
+            answered, result = request_runner(data_dir, op, params)
+        except RunnerBusy:  # refused before it was read: nothing was done, so ask again
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+            continue
         if answered:
             return result
         try:
