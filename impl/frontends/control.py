@@ -20,6 +20,7 @@ client that reads ``"ok": true`` for an enqueue may tell its caller the job is s
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import math
