@@ -167,39 +167,31 @@ def _upcast_job_failed(state: State, event: Schema1JobFailed) -> JobFailed:
     )
 
 
-def _upcast_lease_expired(state: State, event: Schema1LeaseExpired) -> LeaseExpired:
-    job = _job_of(state, event.job_id, event)
+def _upcast_lease_expired(state: State, event: Schema1LeaseExpired) -> Event:
     # Schema 1 retried an expired attempt at once.
-    target, retry_at_ms = _schema1_ending(job, event.at_ms, event.at_ms)
-    return LeaseExpired(
-        lsn=event.lsn,
-        at_ms=event.at_ms,
-        job_id=event.job_id,
-        attempt=event.attempt,
-        target=target,
-        retry_at_ms=retry_at_ms,
-    )
+    return _ended_at_once(_job_of(state, event.job_id, event), event, LeaseExpired)
 
 
-def _upcast_lease_abandoned(state: State, event: Schema1LeaseAbandoned) -> LeaseAbandoned:
-    job = _job_of(state, event.job_id, event)
-    target, retry_at_ms = _schema1_ending(job, event.at_ms, event.at_ms)
-    return LeaseAbandoned(
-        lsn=event.lsn,
-        at_ms=event.at_ms,
-        job_id=event.job_id,
-        attempt=event.attempt,
-        target=target,
-        retry_at_ms=retry_at_ms,
-    )
+def _upcast_lease_abandoned(state: State, event: Schema1LeaseAbandoned) -> Event:
+    # Schema 1 retried an abandoned attempt at once, as an expired one.
+    return _ended_at_once(_job_of(state, event.job_id, event), event, LeaseAbandoned)
 
 
-def _upcast_lease_released(state: State, event: Schema1LeaseReleased) -> LeaseReleased:
+def _upcast_lease_released(state: State, event: Schema1LeaseReleased) -> Event:
     job = _job_of(state, event.job_id, event)
     # Schema 1 gave the released attempt back before it decided the ending.
     uncounted = replace_fields(job, attempts_used=job.attempts_used - 1)
-    target, retry_at_ms = _schema1_ending(uncounted, event.at_ms, event.at_ms)
-    return LeaseReleased(
+    return _ended_at_once(uncounted, event, LeaseReleased)
+
+
+def _ended_at_once(
+    job: Job,
+    event: Schema1LeaseExpired | Schema1LeaseAbandoned | Schema1LeaseReleased,
+    new_type: type[LeaseExpired] | type[LeaseAbandoned] | type[LeaseReleased],
+) -> Event:
+    """The schema-2 form of an ending whose retry, if any, was due at once."""
+    target, retry_at_ms = _schema1_ending(job, event.at_ms, event.at_ms)
+    return new_type(
         lsn=event.lsn,
         at_ms=event.at_ms,
         job_id=event.job_id,
