@@ -257,7 +257,8 @@ def _recover(fs: FileSystem, directory: str) -> tuple[State, WalContents, Recove
         state, snapshot_path, chain_crc = restore(checkpoint), candidate.path, loaded.chain_crc
         break
     contents = read_wal(fs, directory, after_lsn=state.last_lsn, after_chain_crc=chain_crc)
-    unreadable = set(contents.record_schema_versions) - SCHEMA_VERSIONS_READABLE
+    unreadable = {segment.schema_version for segment in contents.segments}
+    unreadable -= SCHEMA_VERSIONS_READABLE
     if unreadable:
         raise StorageError(
             f"{directory}: WAL schema version {max(unreadable)}; "

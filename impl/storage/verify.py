@@ -71,6 +71,14 @@ def _verify(fs: FileSystem, directory: str) -> VerifyReport:
     )
     if contents.torn_tail is not None:
         warnings.append(_torn_tail_warning(fs, contents.torn_tail, contents.last_lsn))
+    for segment in contents.segments:
+        if segment.schema_version not in SCHEMA_VERSIONS_READABLE:
+            errors.append(
+                f"{segment.path}: schema version {segment.schema_version}; "
+                f"this beaverq reads {sorted(SCHEMA_VERSIONS_READABLE)}"
+            )
+    if errors:
+        return VerifyReport(tuple(lines), tuple(errors), tuple(warnings), None)
     for record, schema_version in zip(
         contents.records, contents.record_schema_versions, strict=True
     ):
