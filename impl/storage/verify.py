@@ -84,7 +84,12 @@ def _verify(fs: FileSystem, directory: str) -> VerifyReport:
     ):
         try:
             event = read_event(state, record.payload, schema_version)
-            state = state if event is None else evolve(state, event)
+            # The pairing recovery checks (storage.replay_records): without it a
+            # frame holding an earlier event would be skipped by evolve's LSN guard.
+            if event is None or event.lsn != record.lsn:
+                held = "an event at or below it" if event is None else repr(event)
+                raise BrokenInvariant(f"frame LSN {record.lsn} holds {held}")
+            state = evolve(state, event)
         except (CodecError, BrokenInvariant) as error:
             errors.append(f"record LSN {record.lsn} at byte {record.offset}: {error}")
             return VerifyReport(tuple(lines), tuple(errors), tuple(warnings), None)
