@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -137,21 +138,38 @@ def test_a_log_of_both_schemas_reopens_to_the_same_state(schema1_dir) -> None:
 # -- 2. Today's rule is never asked at replay. ----------------------------------------
 
 
+#: Every module of the model, imported before the rule is replaced in each.
+MODEL_MODULES = tuple(
+    f"beaverq.model.{path.stem}"
+    for path in sorted((Path(__file__).parent.parent / "model").glob("*.py"))
+    if path.stem != "__init__"
+)
+
+
 def _opposite_rule(job, now_ms: int, retry_at_ms: int) -> AttemptEnding:
     """A retry rule that disagrees with the real one on almost every job."""
     return AttemptEnding(DEAD, None)
 
 
 def _install_opposite_rule(patch: pytest.MonkeyPatch) -> None:
-    """Replace the retry rule and the backoff wherever the model could reach them.
+    """Replace the retry rule and the backoff wherever the model could reach them:
+    in every module of the model that holds a name for them, ``evolve``'s included.
+    A list of the modules that use the rule today would leave out the one this test
+    is about: an ``evolve`` that imported the rule by name would keep the real one,
+    agree with ``decide`` on every history, and pass.
 
-    ``importlib``: ``beaverq.model.decide`` the attribute is the function that the
+    ``sys.modules``: ``beaverq.model.decide`` the attribute is the function that the
     package re-exports, not the module.
     """
-    for name in ("endings", "decide", "recovery"):
-        module = importlib.import_module(f"beaverq.model.{name}")
-        patch.setattr(module, "attempt_ending", _opposite_rule)
-    patch.setattr(importlib.import_module("beaverq.model.decide"), "backoff_ms", lambda *a: 0)
+    for name in MODEL_MODULES:
+        importlib.import_module(name)
+    for name, module in sorted(sys.modules.items()):
+        if not name.startswith("beaverq.model.") or module is None:
+            continue
+        if hasattr(module, "attempt_ending"):
+            patch.setattr(module, "attempt_ending", _opposite_rule)
+        if hasattr(module, "backoff_ms"):
+            patch.setattr(module, "backoff_ms", lambda *a: 0)
 
 
 @pytest.fixture
