@@ -32,6 +32,8 @@ from beaverq.impl.storage.fs import RealFileSystem
 from beaverq.impl.storage.record import decode_frame
 from beaverq.impl.storage.segments import decode_segment_header
 from beaverq.impl.storage.storage import Storage
+from beaverq.impl.storage.verify import verify_data_dir
+from beaverq.impl.storage.wal_dump import dump_wal
 from beaverq.impl.storage.wal_reader import read_wal
 from beaverq.model import Enqueue, Lease, State, decide, evolve, initial_state
 from beaverq.model.checkpoint import checkpoint_of
@@ -192,3 +194,28 @@ def test_the_schema_1_fixture_replays_the_same_under_another_rule(
 ) -> None:
     """The upcaster applies schema 1's frozen rule, not today's."""
     assert checkpoint_of(_open(schema1_dir)) == _expected_checkpoint()
+
+
+def test_verify_and_wal_dump_read_a_log_of_both_schemas(schema1_dir) -> None:
+    """The offline readers follow each segment's schema too: verify reaches the state
+    recovery reaches, and wal dump shows schema-1 events in their own shape, marked,
+    and today's events in today's (docs/storage.md, "Schema evolution")."""
+    fs = RealFileSystem()
+    storage, state, _report = Storage.open(fs, str(schema1_dir))
+    events = decide(state, Enqueue(now_ms=40_000, handler="h", job_id="after-upgrade"))
+    storage.append(events)
+    storage.flush()
+    storage.close()
+    state = replay_all(events, state)
+    report = verify_data_dir(fs, str(schema1_dir))
+    assert report.ok, report.errors
+    assert checkpoint_of(report.state) == checkpoint_of(state)
+    lines = list(dump_wal(fs, str(schema1_dir)))
+    old = [line for line in lines if "(schema 1)" in line]
+    # Every event of the fixture's two schema-1 segments, and nothing else, is marked.
+    assert len(old) == _expected_checkpoint().last_lsn
+    assert all("target=" not in line for line in old)
+    failed = [line for line in old if "JobFailed" in line]
+    assert failed and all("retry_at_ms=" in line for line in failed)
+    (new,) = [line for line in lines if "after-upgrade" in line]
+    assert "(schema" not in new and "target=<JobStatus.PENDING" in new
