@@ -24,6 +24,7 @@ import tempfile
 from typing import Any
 
 import attrs
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from strategies import histories, step
@@ -34,9 +35,9 @@ from beaverq.impl.storage.snapshot import encode_snapshot, write_snapshot
 from beaverq.impl.storage.storage import Storage
 from beaverq.impl.storage.verify import verify_data_dir
 from beaverq.impl.storage.wal import WalWriter
-from beaverq.model import Enqueue, Event, Lease, evolve, initial_state
+from beaverq.model import BrokenInvariant, Enqueue, Event, Lease, evolve, initial_state
 from beaverq.model.checkpoint import checkpoint_of
-from beaverq.model.lifecycle import PENDING
+from beaverq.model.lifecycle import DEAD, PENDING
 from beaverq.model.upcast import SCHEMA1_RENAMED, Schema1JobFailed, upcast_schema1
 
 _SCHEMA1_OF = {new: old for old, new in SCHEMA1_RENAMED.items()}
@@ -122,3 +123,20 @@ def test_a_schema_1_retry_due_before_its_failure_is_ready_at_the_failure() -> No
     assert (new.target, new.retry_at_ms) == (PENDING, 10)
     job = evolve(state, new).jobs["a"]
     assert (job.status, job.ready_at_ms) == (PENDING, 10)
+
+
+def test_a_schema_1_failure_that_ends_the_job_but_carries_a_retry_time_is_refused() -> None:
+    """Schema 1's evolve refused it (``assert retry_at_ms is None or not
+    isinstance(event, JobFailed)`` when the job finished): its decide never wrote
+    one, so such a record is a damaged log.  The upcaster must not quietly drop the
+    retry time and recover a state the old code refused to recover."""
+    state = initial_state()
+    for command in (
+        Enqueue(now_ms=0, handler="h", job_id="a", max_attempts=1),
+        Lease(now_ms=0, worker_id="w"),
+    ):
+        _events, state = step(state, command)
+    old = Schema1JobFailed(lsn=3, at_ms=10, job_id="a", attempt=1, error="e", retry_at_ms=None)
+    assert upcast_schema1(state, old).target is DEAD
+    with pytest.raises(BrokenInvariant, match="retry"):
+        upcast_schema1(state, attrs.evolve(old, retry_at_ms=12))
