@@ -49,6 +49,7 @@ from .fifo import EMPTY_FIFO, fifo_push, fifo_remove
 from .jobs import AttemptRecord, Job
 from .lifecycle import (
     ABSENT,
+    CANCELLED,
     DELAYED,
     FINISHED,
     IN_FLIGHT,
@@ -294,6 +295,14 @@ def _end_unsuccessfully(
     """End the live attempt as ``event`` recorded: its target and retry time."""
     _require_live_attempt(job, event)
     retry_at_ms = event.retry_at_ms
+    # Not the retry rule (which may change) but what the state must keep whatever
+    # it says: the flag is kept only by IN_FLIGHT, CANCELLED and COMPLETED jobs
+    # (spec/invariants.py, cancellation_flag_consistent), and a job that waits for
+    # a lease has an attempt left for it (_apply_lease_granted would refuse it).
+    if job.cancel_requested and event.target is not CANCELLED:
+        raise BrokenInvariant(f"{event!r}: a cancellation was requested ({job!r})")
+    if event.target in (PENDING, DELAYED) and job.attempts_used >= job.spec.max_attempts:
+        raise BrokenInvariant(f"{event!r}: a retry of a job with no attempt left ({job!r})")
     if event.target in FINISHED:
         if retry_at_ms is not None:
             raise BrokenInvariant(f"{event!r}: a finished job has no retry time")

@@ -156,6 +156,10 @@ def _upcast_job_enqueued(state: State, event: Schema1JobEnqueued) -> JobEnqueued
 def _upcast_job_failed(state: State, event: Schema1JobFailed) -> JobFailed:
     job = _job_of(state, event.job_id, event)
     target, retry_at_ms = _schema1_ending(job, event.retry_at_ms, event.at_ms)
+    if target in FINISHED and event.retry_at_ms is not None:
+        # Schema 1's decide never wrote one, and its evolve refused it (an assert):
+        # a damaged log, not an outcome to recover.
+        raise BrokenInvariant(f"schema-1 {event!r} ends the job {target.name} with a retry time")
     return JobFailed(
         lsn=event.lsn,
         at_ms=event.at_ms,

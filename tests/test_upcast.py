@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,8 @@ from beaverq.impl.storage.fs import RealFileSystem
 from beaverq.impl.storage.record import decode_frame
 from beaverq.impl.storage.segments import decode_segment_header
 from beaverq.impl.storage.storage import Storage
+from beaverq.impl.storage.verify import verify_data_dir
+from beaverq.impl.storage.wal_dump import dump_wal
 from beaverq.impl.storage.wal_reader import read_wal
 from beaverq.model import Enqueue, Lease, State, decide, evolve, initial_state
 from beaverq.model.checkpoint import checkpoint_of
@@ -137,21 +140,38 @@ def test_a_log_of_both_schemas_reopens_to_the_same_state(schema1_dir) -> None:
 # -- 2. Today's rule is never asked at replay. ----------------------------------------
 
 
+#: Every module of the model, imported before the rule is replaced in each.
+MODEL_MODULES = tuple(
+    f"beaverq.model.{path.stem}"
+    for path in sorted((Path(__file__).parent.parent / "model").glob("*.py"))
+    if path.stem != "__init__"
+)
+
+
 def _opposite_rule(job, now_ms: int, retry_at_ms: int) -> AttemptEnding:
     """A retry rule that disagrees with the real one on almost every job."""
     return AttemptEnding(DEAD, None)
 
 
 def _install_opposite_rule(patch: pytest.MonkeyPatch) -> None:
-    """Replace the retry rule and the backoff wherever the model could reach them.
+    """Replace the retry rule and the backoff wherever the model could reach them:
+    in every module of the model that holds a name for them, ``evolve``'s included.
+    A list of the modules that use the rule today would leave out the one this test
+    is about: an ``evolve`` that imported the rule by name would keep the real one,
+    agree with ``decide`` on every history, and pass.
 
-    ``importlib``: ``beaverq.model.decide`` the attribute is the function that the
+    ``sys.modules``: ``beaverq.model.decide`` the attribute is the function that the
     package re-exports, not the module.
     """
-    for name in ("endings", "decide", "recovery"):
-        module = importlib.import_module(f"beaverq.model.{name}")
-        patch.setattr(module, "attempt_ending", _opposite_rule)
-    patch.setattr(importlib.import_module("beaverq.model.decide"), "backoff_ms", lambda *a: 0)
+    for name in MODEL_MODULES:
+        importlib.import_module(name)
+    for name, module in sorted(sys.modules.items()):
+        if not name.startswith("beaverq.model.") or module is None:
+            continue
+        if hasattr(module, "attempt_ending"):
+            patch.setattr(module, "attempt_ending", _opposite_rule)
+        if hasattr(module, "backoff_ms"):
+            patch.setattr(module, "backoff_ms", lambda *a: 0)
 
 
 @pytest.fixture
@@ -174,3 +194,28 @@ def test_the_schema_1_fixture_replays_the_same_under_another_rule(
 ) -> None:
     """The upcaster applies schema 1's frozen rule, not today's."""
     assert checkpoint_of(_open(schema1_dir)) == _expected_checkpoint()
+
+
+def test_verify_and_wal_dump_read_a_log_of_both_schemas(schema1_dir) -> None:
+    """The offline readers follow each segment's schema too: verify reaches the state
+    recovery reaches, and wal dump shows schema-1 events in their own shape, marked,
+    and today's events in today's (docs/storage.md, "Schema evolution")."""
+    fs = RealFileSystem()
+    storage, state, _report = Storage.open(fs, str(schema1_dir))
+    events = decide(state, Enqueue(now_ms=40_000, handler="h", job_id="after-upgrade"))
+    storage.append(events)
+    storage.flush()
+    storage.close()
+    state = replay_all(events, state)
+    report = verify_data_dir(fs, str(schema1_dir))
+    assert report.ok, report.errors
+    assert checkpoint_of(report.state) == checkpoint_of(state)
+    lines = list(dump_wal(fs, str(schema1_dir)))
+    old = [line for line in lines if "(schema 1)" in line]
+    # Every event of the fixture's two schema-1 segments, and nothing else, is marked.
+    assert len(old) == _expected_checkpoint().last_lsn
+    assert all("target=" not in line for line in old)
+    failed = [line for line in old if "JobFailed" in line]
+    assert failed and all("retry_at_ms=" in line for line in failed)
+    (new,) = [line for line in lines if "after-upgrade" in line]
+    assert "(schema" not in new and "target=<JobStatus.PENDING" in new

@@ -21,12 +21,14 @@ import re
 import typing
 from pathlib import Path
 
+import attrs
 import pytest
 from hypothesis import HealthCheck, find, settings
 from strategies import commands
 
 from beaverq.model import COMMAND_TYPES, EVENT_TYPES, JOB_EVENT_TYPES, Command, Event
-from beaverq.model.lifecycle import TRANSITIONS
+from beaverq.model.jobs import JobSpec
+from beaverq.model.lifecycle import TRANSITIONS, JobStatus
 from beaverq.model.upcast import SCHEMA1_RENAMED, Schema1Event
 from beaverq.spec.lifecycle import spec_edges
 from beaverq.spec.oracle import Oracle
@@ -140,3 +142,97 @@ def test_the_oracle_handles_every_command(command: type) -> None:
     assert f"isinstance(command, {command.__name__})" in source, (
         f"spec/oracle.py Oracle._dispatch does not handle {command.__name__}"
     )
+
+
+# -- Step 8: a changed event is a new schema version. ---------------------------------
+
+_JOB = (("lsn", "int"), ("at_ms", "int"), ("job_id", "str"))
+_ATTEMPT = (*_JOB, ("attempt", "int"))
+_QUEUE = (("lsn", "int"), ("at_ms", "int"), ("queue", "str"))
+_OUTCOME = (("target", "JobStatus"), ("retry_at_ms", "int | None"))
+_SHARED = {
+    "DelayElapsed": _JOB,
+    "LeaseGranted": (*_ATTEMPT, ("worker_id", "str"), ("expires_at_ms", "int")),
+    "JobCompleted": (*_ATTEMPT, ("result_json", "str")),
+    "CancelRequested": _JOB,
+    "JobCancelled": _JOB,
+    "JobRequeued": _JOB,
+    "JobForgotten": _JOB,
+    "QueuePaused": _QUEUE,
+    "QueueResumed": _QUEUE,
+}
+_ENQUEUED = (("lsn", "int"), ("at_ms", "int"), ("spec", "JobSpec"), ("ready_at_ms", "int"))
+#: Each schema's events as they are on disk: tag -> (field, declared type), in order.
+#: Schema 1's rows are those of model/events.py at commit 3322584.  Frozen: the bytes
+#: of a log mean what they meant when written, so a row never changes; a change to
+#: an event is a new schema (codec.SCHEMA_VERSION), with the old shape and its
+#: upcaster in model/upcast.py, and a new row here.
+ON_DISK_EVENTS: dict[int, dict[str, tuple[tuple[str, str], ...]]] = {
+    1: {
+        **_SHARED,
+        "JobEnqueued": _ENQUEUED,
+        "JobFailed": (*_ATTEMPT, ("error", "str"), ("retry_at_ms", "int | None")),
+        "LeaseExpired": _ATTEMPT,
+        "LeaseAbandoned": _ATTEMPT,
+        "LeaseReleased": _ATTEMPT,
+    },
+    2: {
+        **_SHARED,
+        "JobEnqueued": (*_ENQUEUED, ("target", "JobStatus")),
+        "JobFailed": (*_ATTEMPT, ("error", "str"), *_OUTCOME),
+        "LeaseExpired": (*_ATTEMPT, *_OUTCOME),
+        "LeaseAbandoned": (*_ATTEMPT, *_OUTCOME),
+        "LeaseReleased": (*_ATTEMPT, *_OUTCOME),
+    },
+}
+#: What every schema so far nests in JobEnqueued, and the statuses ``target`` holds.
+ON_DISK_JOB_SPEC = (
+    ("job_id", "str"),
+    ("queue", "str"),
+    ("handler", "str"),
+    ("args_json", "str"),
+    ("priority", "int"),
+    ("max_attempts", "int"),
+    ("timeout_ms", "int"),
+    ("backoff_base_ms", "int"),
+    ("backoff_cap_ms", "int"),
+    ("idempotency_key", "str | None"),
+)
+ON_DISK_STATUSES = {"absent", "pending", "delayed", "in_flight", "completed", "dead", "cancelled"}
+_NEW_SCHEMA = (
+    "an event's fields changed: that is a new schema version (docs/storage.md, "
+    "'Schema evolution'): raise codec.SCHEMA_VERSION, keep the old shape with its "
+    "upcaster in model/upcast.py, and add the new schema's row to ON_DISK_EVENTS"
+)
+
+
+def _shape(cls: type) -> tuple[tuple[str, str], ...]:
+    # A declared type is its source text until something resolves it (the codec's
+    # converter does): ``int``, ``JobStatus``, ``int | None`` either way.
+    return tuple(
+        (field.name, getattr(field.type, "__name__", str(field.type)))
+        for field in attrs.fields(cls)
+    )
+
+
+def test_todays_events_are_the_shapes_of_todays_schema() -> None:
+    """Adding a field to an event, even one with a default, or retyping one, changes
+    what a log means; without this the suite passed such a change (a defaulted
+    field on LeaseGranted: the codec round trip, the fixture and the upcaster tests
+    all stayed green, and old logs silently read the default)."""
+    from beaverq.impl.storage.codec import SCHEMA_VERSION
+
+    assert {cls.__name__: _shape(cls) for cls in EVENT_TYPES} == ON_DISK_EVENTS[SCHEMA_VERSION], (
+        _NEW_SCHEMA
+    )
+    assert _shape(JobSpec) == ON_DISK_JOB_SPEC, _NEW_SCHEMA
+    assert {status.value for status in JobStatus} == ON_DISK_STATUSES, _NEW_SCHEMA
+
+
+def test_the_schema_1_reader_reads_the_shapes_schema_1_wrote() -> None:
+    """The shared classes are read from schema-1 logs as they are: a change to one
+    is a change to how schema 1 is read."""
+    read = {
+        SCHEMA1_RENAMED.get(cls, cls).__name__: _shape(cls) for cls in typing.get_args(Schema1Event)
+    }
+    assert read == ON_DISK_EVENTS[1], _NEW_SCHEMA

@@ -257,7 +257,8 @@ def _recover(fs: FileSystem, directory: str) -> tuple[State, WalContents, Recove
         state, snapshot_path, chain_crc = restore(checkpoint), candidate.path, loaded.chain_crc
         break
     contents = read_wal(fs, directory, after_lsn=state.last_lsn, after_chain_crc=chain_crc)
-    unreadable = set(contents.record_schema_versions) - SCHEMA_VERSIONS_READABLE
+    unreadable = {segment.schema_version for segment in contents.segments}
+    unreadable -= SCHEMA_VERSIONS_READABLE
     if unreadable:
         raise StorageError(
             f"{directory}: WAL schema version {max(unreadable)}; "
@@ -295,11 +296,14 @@ def replay_records(state: State, contents: WalContents, directory: str) -> State
             event = read_event(state, record.payload, schema_version)
         except CodecError as error:
             raise StorageError(f"{directory}: record at LSN {record.lsn}: {error}") from None
-        if event is None:
-            continue  # already in the state (an upcast found it covered)
-        # Paired with the framing: the LSN in the frame is the LSN in the event.
-        if event.lsn != record.lsn:
-            raise BrokenInvariant(f"{directory}: frame LSN {record.lsn} holds {event!r}")
+        # Paired with the framing: the LSN in the frame is the LSN in the event.  The
+        # frames after the snapshot run on from the state's LSN, so an event the
+        # upcaster finds covered (None) is one whose LSN is not its frame's either.
+        if event is None or event.lsn != record.lsn:
+            held = "an event at or below it" if event is None else repr(event)
+            raise BrokenInvariant(
+                f"{directory}: frame LSN {record.lsn} holds {held} (state at {state.last_lsn})"
+            )
         state = evolve(state, event)
     return state
 

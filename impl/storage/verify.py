@@ -71,12 +71,25 @@ def _verify(fs: FileSystem, directory: str) -> VerifyReport:
     )
     if contents.torn_tail is not None:
         warnings.append(_torn_tail_warning(fs, contents.torn_tail, contents.last_lsn))
+    for segment in contents.segments:
+        if segment.schema_version not in SCHEMA_VERSIONS_READABLE:
+            errors.append(
+                f"{segment.path}: schema version {segment.schema_version}; "
+                f"this beaverq reads {sorted(SCHEMA_VERSIONS_READABLE)}"
+            )
+    if errors:
+        return VerifyReport(tuple(lines), tuple(errors), tuple(warnings), None)
     for record, schema_version in zip(
         contents.records, contents.record_schema_versions, strict=True
     ):
         try:
             event = read_event(state, record.payload, schema_version)
-            state = state if event is None else evolve(state, event)
+            # The pairing recovery checks (storage.replay_records): without it a
+            # frame holding an earlier event would be skipped by evolve's LSN guard.
+            if event is None or event.lsn != record.lsn:
+                held = "an event at or below it" if event is None else repr(event)
+                raise BrokenInvariant(f"frame LSN {record.lsn} holds {held}")
+            state = evolve(state, event)
         except (CodecError, BrokenInvariant) as error:
             errors.append(f"record LSN {record.lsn} at byte {record.offset}: {error}")
             return VerifyReport(tuple(lines), tuple(errors), tuple(warnings), None)

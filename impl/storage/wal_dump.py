@@ -14,7 +14,13 @@ from collections.abc import Iterator
 
 import attrs
 
-from .codec import SCHEMA_VERSION, CodecError, decode_event, decode_schema1_event
+from .codec import (
+    SCHEMA_VERSION,
+    SCHEMA_VERSIONS_READABLE,
+    CodecError,
+    decode_event,
+    decode_schema1_event,
+)
 from .fs import FileSystem
 from .record import FrameProblem, Record, RecordKind, decode_frame
 from .segments import decode_segment_header
@@ -54,10 +60,15 @@ def _describe(record: Record, schema_version: int) -> str:
         if schema_version == SCHEMA_VERSION:
             event: object = decode_event(record.payload)
             name, marker = type(event).__name__, ""
-        else:
+        elif schema_version == 1:
             event = decode_schema1_event(record.payload)
             name = type(event).__name__.removeprefix("Schema1")
             marker = f" (schema {schema_version})"
+        else:  # newer than this code: never guessed at in an older shape
+            return prefix + (
+                f"UNDECODABLE: schema version {schema_version}; "
+                f"this beaverq reads {sorted(SCHEMA_VERSIONS_READABLE)}"
+            )
     except CodecError as error:
         return prefix + f"UNDECODABLE: {error}"
     fields = attrs.asdict(event, recurse=False)  # type: ignore[arg-type]

@@ -59,6 +59,9 @@ class Segment:
     base_lsn: int
     last_lsn: int
     chain_crc: int  # after its last valid frame
+    # Its header's: a reader refuses a schema it does not know even in a segment
+    # that holds no record it replays (a newer beaverq's segment, empty).
+    schema_version: int
 
 
 @attrs.frozen
@@ -187,7 +190,7 @@ class _Reader:
                 self.records.append(decoded)
                 self.record_schema_versions.append(header.schema_version)
                 self.event_chain = chain
-        self.segments.append(Segment(path, index, base_lsn, lsn, chain))
+        self.segments.append(Segment(path, index, base_lsn, lsn, chain, header.schema_version))
         self.highest_lsn = max(self.highest_lsn, lsn)
         if lsn >= self.after_lsn:
             self.last_lsn, self.chain = lsn, chain
