@@ -54,7 +54,7 @@ from .records import replace_fields
 from .state import State
 
 # -- The schema-1 shapes of the events that changed.  Their tags on disk are the
-# -- names without the ``Schema1`` prefix (impl/codec.py). ---------------------------
+# -- names without the ``Schema1`` prefix (impl/storage/codec.py). ---------------------------
 
 
 @attrs.frozen(kw_only=True)

@@ -152,9 +152,16 @@ def _newest_valid_snapshot(
             errors.append(f"{candidate.path}: schema version {loaded.schema_version}")
             continue
         try:
-            state = restore(decode_checkpoint(loaded.body))
-        except (CodecError, BrokenInvariant) as error:
+            checkpoint = decode_checkpoint(loaded.body)
+        except CodecError as error:
             lines.append(f"snapshot {name}: undecodable ({error}); recovery skips it")
+            continue
+        try:
+            state = restore(checkpoint)
+        except BrokenInvariant as error:
+            # Intact bytes that decode to an inconsistent state: the writer had a bug.
+            # Recovery refuses it loudly (it does not fall back), and so does verify.
+            errors.append(f"{candidate.path}: broken invariant: {error}")
             continue
         lines.append(f"snapshot {name}: LSN {loaded.lsn}, {state.counts.total} job(s), valid")
         if chosen is None:
