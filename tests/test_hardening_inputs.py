@@ -330,3 +330,16 @@ def test_verify_does_not_promise_a_damaged_last_frame_was_never_acknowledged(
     done = beaverq(zeroed, "verify")
     assert done.returncode == 0 and "never acknowledged" in done.stdout
     assert "may have been acknowledged" not in done.stdout
+
+
+def test_run_on_a_data_dir_that_cannot_be_looked_at_fails_in_one_line(tmp_path: Path) -> None:
+    """Goal: ``beaverq run`` on a path whose ``stat`` fails other than "no such file"
+    (a component that is a file: ENOTDIR; a symlink loop: ELOOP) fails in one line, as
+    it did before the data directory's trust check ran first.  Method: a real runner
+    on each such path; it must exit 1 at once with one line naming the path."""
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "loop").symlink_to("loop")
+    for data_dir in (tmp_path / "a-file" / "data", tmp_path / "loop"):
+        done = beaverq(data_dir, "run", "--until-idle")
+        assert done.returncode == 1, (done.stdout, done.stderr)
+        assert str(data_dir) in one_line(done.stderr)

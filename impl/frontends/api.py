@@ -108,6 +108,9 @@ class Runner:
         except Untrusted as untrusted:
             self._fs.close()
             raise RunFailed(str(untrusted)) from None
+        except OSError as error:  # cannot even look (ENOTDIR, ELOOP, EACCES on a parent)
+            self._fs.close()
+            raise RunFailed(f"{self.data_dir}: cannot open: {error.strerror or error}") from None
         try:
             self.pool = (
                 ProcessPool(self._registry, self._workers)
