@@ -56,6 +56,7 @@ from beaverq.model import (
     evolve,
     initial_state,
 )
+from beaverq.model.errors import echo
 
 from .control_params import PARAMETERS, json_type
 from .trust import Untrusted, check_data_dir, check_peer, check_socket_file
@@ -152,7 +153,7 @@ def check_wiring(operations: Mapping[str, Operation]) -> None:
 def operation_named(op: str) -> Operation:
     operation = OPERATIONS.get(op)
     if operation is None:
-        raise ValueError(f"unknown operation {op!r}")
+        raise ValueError(f"unknown operation {echo(op)}")
     return operation
 
 
@@ -163,7 +164,7 @@ def _arguments(op: str, operation: Operation, params: Mapping[str, Any]) -> list
     unknown = sorted(str(name) for name in params if name not in operation.params)
     if unknown:
         takes = ", ".join(operation.params) or "no parameters"
-        raise ValueError(f"{op}: unknown parameter {unknown[0]!r} (it takes {takes})")
+        raise ValueError(f"{op}: unknown parameter {echo(unknown[0])} (it takes {takes})")
     arguments: list[Any] = []
     for name in operation.params:
         if name not in params and not operation.optional:
@@ -386,7 +387,7 @@ def execute_locally(data_dir: str, op: str, params: Mapping[str, Any]) -> Any:
     changes no byte of the data directory, not even the lock file's pid."""
     operation = OPERATIONS.get(op)
     if operation is None:
-        raise CommandFailed(f"unknown operation {op!r}")
+        raise CommandFailed(f"unknown operation {echo(op)}")
     try:
         check_data_dir(data_dir)  # another user's directory: not even read
     except Untrusted as untrusted:
