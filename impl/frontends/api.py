@@ -124,6 +124,12 @@ class Runner:
         except (OSError, StorageError, ValueError) as error:
             self._fs.close()
             raise RunFailed(f"{self.data_dir}: cannot open: {error}") from None
+        try:  # again: another user may have made the directory since the first check
+            check_data_dir(self.data_dir)
+        except Untrusted as untrusted:
+            self.controller.stop(0.0)  # its loops never started: no job of theirs ran
+            self._fs.close()
+            raise RunFailed(str(untrusted)) from None
         if self._tune_gc:
             tune_for_long_lived_state()  # the recovered state is what it freezes
             self._gc_tuned = True

@@ -414,6 +414,12 @@ def execute_locally(data_dir: str, op: str, params: Mapping[str, Any]) -> Any:
             raise
         except (OSError, StorageError) as error:
             raise CommandFailed(f"{op} not done: {_located(error, data_dir)}") from None
+        try:  # again: another user may have made the directory since the first check
+            check_data_dir(data_dir)
+        except Untrusted as untrusted:
+            with contextlib.suppress(OSError, StorageError):
+                storage.close()
+            raise CommandFailed(f"{op} not done: {untrusted}") from None
         # A controller with a pool that is never started: no job runs here.  Recover
         # is decided first, as for any opener (a crashed runner's leases are abandoned).
         pool = ThreadPool(HandlerRegistry(), workers=1)
