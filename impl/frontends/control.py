@@ -57,6 +57,7 @@ from beaverq.model import (
     initial_state,
 )
 from beaverq.model.errors import echo
+from beaverq.model.limits import JSON_DEPTH_MAX
 
 from .control_params import PARAMETERS, json_type
 from .trust import Untrusted, check_data_dir, check_peer, check_socket_file
@@ -204,7 +205,13 @@ def answer(target: Any, line: bytes) -> dict[str, Any]:
     """The runner's side: one request line in, one answer out; never raises for the
     request's content (a bad request is the client's error, not the runner's)."""
     try:
-        request = json.loads(line)
+        try:
+            request = json.loads(line)
+        except RecursionError:  # the client's text, not a bug of ours: say what is wrong
+            raise ValueError(
+                "the request nests arrays and objects too deep to read (a job's args may "
+                f"nest JSON_DEPTH_MAX={JSON_DEPTH_MAX} levels)"
+            ) from None
         if (
             not isinstance(request, dict)
             or not isinstance(request.get("op"), str)
