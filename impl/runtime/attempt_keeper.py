@@ -98,6 +98,19 @@ def kill_children() -> None:
                 os.waitpid(pid, 0)  # SIGKILLed: returns once the kernel has ended it
 
 
+def reap_exited() -> None:
+    """Reap every child that has exited, without waiting for any: a subreaper's
+    orphans come to it as children, and each that ends stays a zombie (holding its
+    pid) until reaped.  A long-lived worker process calls this between tasks."""
+    for _round in range(SWEEP_ROUNDS_MAX):
+        try:
+            pid, _status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:  # no child at all
+            return
+        if pid == 0:  # children, none of them exited
+            return
+
+
 def _keep(status_fd: int, argv: list[str]) -> None:
     become_subreaper()
     with os.fdopen(status_fd, "w") as status:
