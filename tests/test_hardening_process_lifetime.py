@@ -239,3 +239,32 @@ def test_a_worker_process_reaps_the_orphans_that_end(tmp_path: Path) -> None:
     finally:
         runner.send_signal(signal.SIGTERM)
         runner.communicate(timeout=WAIT_S)
+
+
+@pytest.mark.parametrize("pool", ["threads", "processes"])
+def test_an_attempt_keeper_reaps_the_orphans_that_end_while_its_program_runs(
+    tmp_path: Path, pool: str
+) -> None:
+    """Goal: a long shell attempt whose program leaves background processes behind
+    that end (``(true &)``: each an orphan, re-parented to the keeper) costs no pid per
+    orphan: the keeper reaps them as they end, not only when the attempt ends (it used
+    to keep 10 zombies for the attempt's whole life).  Method: a shell job that makes
+    10 such orphans, then says it is ready and sleeps; a long-lived runner; the zombies
+    among the runner's descendants (/proc) must go within a few REAP_S."""
+    from beaverq.impl.runtime.attempt_keeper import REAP_S
+
+    ready = tmp_path / "ready"
+    script = f"for i in 1 2 3 4 5 6 7 8 9 10; do (true &); done; echo > {ready}; sleep 300"
+    data_dir = tmp_path / "data"
+    beaverq(data_dir, "enqueue", "shell", json.dumps({"argv": ["sh", "-c", script]}))
+    runner = subprocess.Popen(
+        [*CLI, "--data-dir", str(data_dir), "run", "--allow-shell", "--pool", pool, "--grace", "0"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_until(ready.exists, "the job's orphans")
+        wait_until(lambda: zombie_descendants(runner.pid) == 0, "no zombie", 5 * REAP_S)
+    finally:
+        runner.send_signal(signal.SIGTERM)
+        runner.communicate(timeout=WAIT_S)
