@@ -284,6 +284,24 @@ def test_a_stuck_runner_gives_the_client_a_timeout_and_a_clear_message(
     assert runner.stop() == 0
 
 
+def test_a_stuck_runner_s_pause_or_cancel_says_where_to_check(runner: RunningRunner) -> None:
+    """Goal: when a pause or a cancel went out and no answer came, the message names
+    a check that can show its effect: ``status`` for a queue's pause (it said ``show``,
+    which takes a job id and knows nothing of queues), ``show ID`` for a job's cancel.
+    Method: SIGSTOP the runner; ``pause`` and ``cancel`` with a one-second answer wait;
+    each one-line message."""
+    runner.process.send_signal(signal.SIGSTOP)
+    try:
+        wait = {ANSWER_WAIT_VARIABLE: "1"}
+        paused = one_line_error(beaverq(runner.data_dir, "pause", "default", env=wait))
+        assert "may or may not have taken effect (check with 'beaverq status')" in paused
+        cancelled = one_line_error(beaverq(runner.data_dir, "cancel", "j1", env=wait))
+        assert "may or may not have taken effect (check with 'beaverq show ID')" in cancelled
+    finally:
+        runner.process.send_signal(signal.SIGCONT)
+    assert runner.stop() == 0
+
+
 def pending_connections(runner: RunningRunner) -> int:
     """Connections waiting in the runner's backlog, from /proc/net/unix: each shows
     the name the listener was bound to (a temporary name, renamed into place)."""

@@ -321,7 +321,9 @@ def unanswered(op: str, why: str) -> str:
             f"{why}; {what} may or may not have been stored; check with the id or the "
             "idempotency key ('beaverq show ID', 'beaverq jobs')"
         )
-    return f"{why}; the {op} may or may not have taken effect (check with 'beaverq show')"
+    # A queue's pause shows in ``status``; a job's cancel or requeue in ``show ID``.
+    check = "beaverq status" if op in ("pause", "resume") else "beaverq show ID"
+    return f"{why}; the {op} may or may not have taken effect (check with '{check}')"
 
 
 def answer_wait_s() -> float:
