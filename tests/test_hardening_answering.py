@@ -284,6 +284,24 @@ def test_a_stuck_runner_gives_the_client_a_timeout_and_a_clear_message(
     assert runner.stop() == 0
 
 
+def test_a_stuck_runner_s_pause_or_cancel_says_where_to_check(runner: RunningRunner) -> None:
+    """Goal: when a pause or a cancel went out and no answer came, the message names
+    a check that can show its effect: ``status`` for a queue's pause (it said ``show``,
+    which takes a job id and knows nothing of queues), ``show ID`` for a job's cancel.
+    Method: SIGSTOP the runner; ``pause`` and ``cancel`` with a one-second answer wait;
+    each one-line message."""
+    runner.process.send_signal(signal.SIGSTOP)
+    try:
+        wait = {ANSWER_WAIT_VARIABLE: "1"}
+        paused = one_line_error(beaverq(runner.data_dir, "pause", "default", env=wait))
+        assert "may or may not have taken effect (check with 'beaverq status')" in paused
+        cancelled = one_line_error(beaverq(runner.data_dir, "cancel", "j1", env=wait))
+        assert "may or may not have taken effect (check with 'beaverq show ID')" in cancelled
+    finally:
+        runner.process.send_signal(signal.SIGCONT)
+    assert runner.stop() == 0
+
+
 def pending_connections(runner: RunningRunner) -> int:
     """Connections waiting in the runner's backlog, from /proc/net/unix: each shows
     the name the listener was bound to (a temporary name, renamed into place)."""
@@ -427,6 +445,51 @@ def test_a_lock_holder_that_is_not_a_runner_is_not_named_a_runner(tmp_path: Path
         assert f"another runner holds the data directory: {data_dir}" in message
         assert f"in use by process {running.pid}" in message
     finally:
+        assert running.stop() == 0
+
+
+def test_a_starting_runner_names_a_runner_by_its_socket_alone(tmp_path: Path) -> None:
+    """Goal: whether the lock's holder is a runner is judged by its socket, not by an
+    answer: a client's ``$BEAVERQ_ANSWER_WAIT_S`` set wrong made a starting runner call
+    a producer "another runner" at once, and a stuck runner was named only after the
+    client's whole answer wait (60 s).
+
+    Method: a child process holds the lock (no socket) and lets go after 1 s; ``beaverq
+    run --until-idle`` with ``BEAVERQ_ANSWER_WAIT_S=abc`` must wait for it and exit 0.
+    Then a real runner, SIGSTOPped: a second ``run`` must be refused as "another
+    runner" well within RUNNER_LOCK_WAIT_S."""
+    from beaverq.impl.frontends.api import RUNNER_LOCK_WAIT_S
+
+    data_dir = tmp_path / "data"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(data_dir)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        started = subprocess.Popen(
+            [*CLI, "--data-dir", str(data_dir), "run", "--until-idle"],
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, ANSWER_WAIT_VARIABLE: "abc"},
+        )
+        threading.Event().wait(1.0)  # the holder's turn: the runner must wait it out
+        assert started.poll() is None, started.communicate()
+    finally:
+        holder.communicate("release\n", timeout=WAIT_S)
+    _out, err = started.communicate(timeout=WAIT_S)
+    assert started.returncode == 0, err
+    running = RunningRunner(data_dir)
+    running.process.send_signal(signal.SIGSTOP)
+    try:
+        begun = time.monotonic()
+        message = one_line_error(beaverq(data_dir, "run", "--until-idle"))
+        assert time.monotonic() - begun < RUNNER_LOCK_WAIT_S
+        assert f"another runner holds the data directory: {data_dir}" in message
+    finally:
+        running.process.send_signal(signal.SIGCONT)
         assert running.stop() == 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -269,6 +270,40 @@ def test_a_huge_id_is_cut_in_the_error(tmp_path: Path) -> None:
     assert done.returncode == 1 and len(one_line(done.stderr)) < 3 * ECHO_CHARS_MAX + 200
 
 
+def test_huge_values_of_the_wrong_type_are_cut_in_the_error(tmp_path: Path) -> None:
+    """Goal: a value of the wrong type, an unknown field or parameter name, or an
+    unknown operation is quoted in at most ECHO_CHARS_MAX characters of its error,
+    with and without a runner (the parameter checks echoed them whole: 1 MB in, 1 MB
+    of error out).
+    Method: a batch of jobs whose priority, timeout or field name is 1 MB, without a
+    runner (measure stderr); then raw requests with such values to a real runner's
+    socket (measure each answer)."""
+    data_dir = tmp_path / "data"
+    huge = "x" * 1_000_000
+    for job in ({"priority": huge}, {"timeout": huge}, {"max_attempts": huge}, {huge: 1}):
+        batch = json.dumps({"handler": "noop", **job}) + "\n"
+        done = beaverq(data_dir, "enqueue", "--batch", "-", stdin=batch)
+        assert done.returncode == 1 and len(one_line(done.stderr)) < 3 * ECHO_CHARS_MAX + 200
+    runner = Runner(data_dir)
+    try:
+        for request in (
+            {"op": huge},
+            {"op": "status", "params": {huge: 1}},
+            {"op": "jobs", "params": {"state": huge}},
+            {"op": "jobs", "params": {"limit": huge}},
+            {"op": "enqueue", "params": {"job": {"handler": "noop", "delay": huge}}},
+        ):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+                client.settimeout(WAIT_S)
+                client.connect(str(data_dir / "control.sock"))
+                client.sendall(json.dumps(request).encode() + b"\n")
+                with client.makefile("rb") as stream:
+                    answer = json.loads(stream.readline())
+            assert answer["ok"] is False and len(answer["error"]) < 3 * ECHO_CHARS_MAX + 200
+    finally:
+        runner.kill()
+
+
 # -- No-op pause and resume. -----------------------------------------------------------------
 
 
@@ -330,3 +365,16 @@ def test_verify_does_not_promise_a_damaged_last_frame_was_never_acknowledged(
     done = beaverq(zeroed, "verify")
     assert done.returncode == 0 and "never acknowledged" in done.stdout
     assert "may have been acknowledged" not in done.stdout
+
+
+def test_run_on_a_data_dir_that_cannot_be_looked_at_fails_in_one_line(tmp_path: Path) -> None:
+    """Goal: ``beaverq run`` on a path whose ``stat`` fails other than "no such file"
+    (a component that is a file: ENOTDIR; a symlink loop: ELOOP) fails in one line, as
+    it did before the data directory's trust check ran first.  Method: a real runner
+    on each such path; it must exit 1 at once with one line naming the path."""
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "loop").symlink_to("loop")
+    for data_dir in (tmp_path / "a-file" / "data", tmp_path / "loop"):
+        done = beaverq(data_dir, "run", "--until-idle")
+        assert done.returncode == 1, (done.stdout, done.stderr)
+        assert str(data_dir) in one_line(done.stderr)

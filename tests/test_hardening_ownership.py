@@ -271,3 +271,41 @@ def test_directories_beaverq_makes_are_0700_whatever_the_umask(tmp_path: Path) -
     for file in data_dir.iterdir():
         mode = stat.S_IMODE(file.stat().st_mode)
         assert mode & 0o077 == 0, (file, oct(mode))
+
+
+def test_a_data_directory_another_user_makes_after_the_check_is_refused(
+    stranger: Stranger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Goal: the race in a shared parent is lost by the stranger: a data directory that
+    did not exist when it was checked, and that another user made before beaverq made
+    it, is refused once open, before a job is written to it or run from it.
+
+    Method: in process (the window is microseconds wide in a real one): the storage's
+    ``mkdir`` first makes the directory as the stranger would (theirs, mode 0777), as
+    if they had won the race; then an enqueue without a runner must fail naming them
+    with no job stored, and a runner must refuse to start."""
+    from beaverq.impl.frontends.api import RunFailed, Runner
+    from beaverq.impl.frontends.control import CommandFailed, execute
+    from beaverq.impl.runtime.handlers import HandlerRegistry
+    from beaverq.impl.storage.fs import RealFileSystem
+
+    made_by_us = RealFileSystem.mkdir
+
+    def stranger_first(self: RealFileSystem, path: str) -> None:
+        if not os.path.exists(path):
+            os.mkdir(path)
+            os.chmod(path, 0o777)
+            os.chown(path, stranger.uid, stranger.gid)
+        made_by_us(self, path)
+
+    monkeypatch.setattr(RealFileSystem, "mkdir", stranger_first)
+    shared = stranger.base / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    data_dir = shared / "data"
+    with pytest.raises(CommandFailed, match="belongs to"):
+        execute(str(data_dir), "enqueue", {"job": {"handler": "noop", "args": {"secret": 1}}})
+    assert not any(b"secret" in path.read_bytes() for path in data_dir.iterdir() if path.is_file())
+    shutil.rmtree(data_dir)
+    with pytest.raises(RunFailed, match="belongs to"):
+        Runner(str(data_dir), HandlerRegistry()).start()

@@ -158,3 +158,113 @@ def test_a_sigkilled_runner_leaves_no_attempt_running(
     finally:
         assert second.stop() == 0
     assert [pid for pid in attempt_2 if alive(pid)] == []
+
+
+ORPHANING = """\
+import pathlib, subprocess, threading, time
+from beaverq.impl.runtime.handlers import handler
+
+@handler("orphan")
+def orphan(args, context):
+    # A background process that outlives its shell and ends at once: an orphan that
+    # comes to the worker process (a subreaper) and exits there.  Return once it has
+    # (a zombie, or already reaped), so that what the test sees does not race it.
+    done = subprocess.run(["sh", "-c", "true & echo $!"], capture_output=True, check=True)
+    stat = pathlib.Path(f"/proc/{int(done.stdout)}/stat")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            text = stat.read_bytes()
+        except OSError:
+            break
+        if text[text.rfind(b")") + 2 :].split()[0] == b"Z":
+            break
+        threading.Event().wait(0.01)
+    return {}
+"""
+
+
+def zombie_descendants(pid: int) -> int:
+    """How many of ``pid``'s descendants are zombies (/proc)."""
+    parents: dict[int, int] = {}
+    zombies: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_bytes()
+        except OSError:
+            continue  # gone meanwhile
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        parents[int(entry.name)] = int(fields[1])
+        if fields[0] == b"Z":
+            zombies.add(int(entry.name))
+    descendants = {pid}
+    for _ in range(len(parents)):  # each round adds a generation; bounded by the count
+        more = {child for child, parent in parents.items() if parent in descendants}
+        if more <= descendants:
+            break
+        descendants |= more
+    return len(zombies & (descendants - {pid}))
+
+
+def test_a_worker_process_reaps_the_orphans_that_end(tmp_path: Path) -> None:
+    """Goal: a process-pool worker, a child subreaper, reaps the orphans of its Python
+    handlers that end; it used to keep each as a zombie (a pid) for as long as it
+    lived, 20 after 20 such jobs.  Method: 20 jobs whose handler leaves a background
+    ``true`` behind; a long-lived ``beaverq run --pool processes``; once they are all
+    completed, the zombies among the runner's descendants (/proc)."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "orphaning.py").write_text(ORPHANING)
+    data_dir = tmp_path / "data"
+    jobs = 20
+    for _ in range(jobs):
+        beaverq(data_dir, "enqueue", "orphan", "{}")
+    runner = subprocess.Popen(
+        [*CLI, "--data-dir", str(data_dir), "run", "--pool", "processes", "--import", "orphaning"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=project,
+        env=dict(os.environ, PYTHONPATH="."),
+    )
+    try:
+
+        def all_completed() -> bool:
+            done = json.loads(beaverq(data_dir, "status", "--json").stdout)
+            return bool(done["completed"] == jobs)
+
+        wait_until(all_completed, "the jobs to complete")
+        assert zombie_descendants(runner.pid) == 0
+    finally:
+        runner.send_signal(signal.SIGTERM)
+        runner.communicate(timeout=WAIT_S)
+
+
+@pytest.mark.parametrize("pool", ["threads", "processes"])
+def test_an_attempt_keeper_reaps_the_orphans_that_end_while_its_program_runs(
+    tmp_path: Path, pool: str
+) -> None:
+    """Goal: a long shell attempt whose program leaves background processes behind
+    that end (``(true &)``: each an orphan, re-parented to the keeper) costs no pid per
+    orphan: the keeper reaps them as they end, not only when the attempt ends (it used
+    to keep 10 zombies for the attempt's whole life).  Method: a shell job that makes
+    10 such orphans, then says it is ready and sleeps; a long-lived runner; the zombies
+    among the runner's descendants (/proc) must go within a few REAP_S."""
+    from beaverq.impl.runtime.attempt_keeper import REAP_S
+
+    ready = tmp_path / "ready"
+    script = f"for i in 1 2 3 4 5 6 7 8 9 10; do (true &); done; echo > {ready}; sleep 300"
+    data_dir = tmp_path / "data"
+    beaverq(data_dir, "enqueue", "shell", json.dumps({"argv": ["sh", "-c", script]}))
+    runner = subprocess.Popen(
+        [*CLI, "--data-dir", str(data_dir), "run", "--allow-shell", "--pool", pool, "--grace", "0"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_until(ready.exists, "the job's orphans")
+        wait_until(lambda: zombie_descendants(runner.pid) == 0, "no zombie", 5 * REAP_S)
+    finally:
+        runner.send_signal(signal.SIGTERM)
+        runner.communicate(timeout=WAIT_S)

@@ -103,6 +103,36 @@ def runner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             process.communicate()
 
 
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"[" * 100_000 + b"\n",
+        b'{"op": "enqueue", "params": {"job": {"handler": "noop", "args": '
+        + b"[" * 5_000
+        + b"]" * 5_000
+        + b"}}}\n",
+    ],
+    ids=["bare", "in-args"],
+)
+def test_a_request_nested_too_deep_to_parse_is_refused_in_one_line(
+    runner: Path, line: bytes
+) -> None:
+    """Goal: a request nested deeper than Python's JSON reader can go (a RecursionError)
+    is the client's error, named as such, not "internal error" (a bug of the runner's);
+    the runner serves on.  Method: the raw line (json.dumps cannot even write it) to a
+    real runner's socket; then ``status`` answers."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(WAIT_S)
+        client.connect(str(runner / "control.sock"))
+        client.sendall(line)
+        with client.makefile("rb") as stream:
+            answer = json.loads(stream.readline())
+    assert answer["ok"] is False, answer
+    assert "nests arrays and objects too deep" in answer["error"], answer
+    assert "internal error" not in answer["error"]
+    assert raw_request(str(runner / "control.sock"), {"op": "status"})["ok"] is True
+
+
 @pytest.mark.parametrize(("request_", "complaint"), BAD_REQUESTS)
 def test_a_request_with_wrong_types_is_refused_in_one_line(
     runner: Path, request_: Any, complaint: str

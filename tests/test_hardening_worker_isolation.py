@@ -104,3 +104,41 @@ def test_a_named_module_in_the_working_directory_still_runs(tmp_path: Path) -> N
     here = os.path.realpath(project)
     assert [p for p in result["path"] if p in ("", ".") or os.path.realpath(p) == here] == []
     assert result["sibling"] is False
+
+
+NAMED = """\
+from beaverq.impl.runtime.handlers import handler
+
+@handler("which")
+def which(args, context):
+    return {{"module": {name!r}}}
+"""
+
+
+def test_a_named_module_is_the_runners_own_even_if_another_has_its_name(tmp_path: Path) -> None:
+    """Goal: the worker runs the very module the runner imported for ``--import
+    tasks``, even when another ``tasks`` lies on the path behind the working
+    directory (the runner found ./tasks.py first; a worker, without the working
+    directory on its path, used to find the other one and run its code).
+    Method: ``PYTHONPATH=.:elsewhere``, a ``tasks.py`` in each with a handler that says
+    which it is; ``beaverq run --pool processes --import tasks``; the job's result."""
+    project = tmp_path / "project"
+    elsewhere = tmp_path / "elsewhere"
+    for folder in (project, elsewhere):
+        folder.mkdir()
+        (folder / "tasks.py").write_text(NAMED.format(name=folder.name))
+    data_dir = tmp_path / "data"
+    env = dict(os.environ, PYTHONPATH=f".{os.pathsep}{elsewhere}")
+
+    job_id = beaverq(project, data_dir, "enqueue", "which", "{}").stdout.strip()
+    beaverq(
+        project,
+        data_dir,
+        "run",
+        *("--pool", "processes", "--workers", "1", "--until-idle", "--import", "tasks"),
+        env=env,
+    )
+    detail = json.loads(beaverq(project, data_dir, "show", job_id, "--json").stdout)
+
+    assert detail["status"] == "completed", detail
+    assert json.loads(detail["result_json"]) == {"module": "project"}

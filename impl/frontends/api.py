@@ -23,6 +23,7 @@ opens it under its lock and closes it again; while a runner runs (this one, or a
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -38,19 +39,13 @@ from beaverq.impl.runtime.workers import ThreadPool, WorkerPool
 from beaverq.impl.storage.fs import DataDirLocked, RealFileSystem, StorageError
 from beaverq.model.errors import BrokenInvariant
 
-from .control import (
-    CommandFailed,
-    _perform_or_fail,
-    execute,
-    request_runner,
-    socket_path,
-)
+from .control import _perform_or_fail, execute, socket_path
 from .control_params import job_request
 from .control_server import ControlServer
 from .trust import Untrusted, check_data_dir
 
 #: How long a starting runner waits for the data directory's lock while no runner
-#: answers on its socket: a command without a runner holds the lock for its own short
+#: listens on its socket: a command without a runner holds the lock for its own short
 #: turn (a read, or an enqueue and its fsync), and producers in a loop take turns.
 RUNNER_LOCK_WAIT_S = 10.0
 #: Between two tries for the lock.
@@ -62,12 +57,19 @@ class RunFailed(Exception):
 
 
 def _a_runner_answers(data_dir: str) -> bool:
-    """Whether a runner serves the data directory's socket: only a runner does."""
-    try:
-        answered, _status = request_runner(data_dir, "status", {})
-    except CommandFailed:
-        return True  # it took the connection and failed to answer: busy or stuck
-    return answered
+    """Whether a process listens on the data directory's socket: only a runner does
+    (the directory is the user's: checked).  A connection is enough, so nothing is
+    asked: a stuck runner is named at once, not after the client's answer wait, and
+    ``$BEAVERQ_ANSWER_WAIT_S`` (a client's setting) cannot make a producer a runner."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.setblocking(False)  # a full backlog refuses at once (EAGAIN)
+        try:
+            probe.connect(socket_path(data_dir))
+        except BlockingIOError:
+            return True  # so many clients waiting that the backlog is full: a runner
+        except OSError:
+            return False  # no socket, or a crashed runner's with no one listening
+    return True
 
 
 class Runner:
@@ -108,6 +110,9 @@ class Runner:
         except Untrusted as untrusted:
             self._fs.close()
             raise RunFailed(str(untrusted)) from None
+        except OSError as error:  # cannot even look (ENOTDIR, ELOOP, EACCES on a parent)
+            self._fs.close()
+            raise RunFailed(f"{self.data_dir}: cannot open: {error.strerror or error}") from None
         try:
             self.pool = (
                 ProcessPool(self._registry, self._workers)
@@ -121,6 +126,12 @@ class Runner:
         except (OSError, StorageError, ValueError) as error:
             self._fs.close()
             raise RunFailed(f"{self.data_dir}: cannot open: {error}") from None
+        try:  # again: another user may have made the directory since the first check
+            check_data_dir(self.data_dir)
+        except Untrusted as untrusted:
+            self.controller.stop(0.0)  # its loops never started: no job of theirs ran
+            self._fs.close()
+            raise RunFailed(str(untrusted)) from None
         if self._tune_gc:
             tune_for_long_lived_state()  # the recovered state is what it freezes
             self._gc_tuned = True
@@ -137,7 +148,7 @@ class Runner:
 
     def _open_when_free(self, pool: WorkerPool) -> Controller:
         """Open the data directory once no other process holds its lock.  A runner
-        that holds it is named at once (it answers on the socket); a command without a
+        that holds it is named at once (it listens on the socket); a command without a
         runner holds it only for its short turn, so wait, up to ``RUNNER_LOCK_WAIT_S``."""
         deadline = time.monotonic() + RUNNER_LOCK_WAIT_S
         while True:

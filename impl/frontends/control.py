@@ -56,6 +56,8 @@ from beaverq.model import (
     evolve,
     initial_state,
 )
+from beaverq.model.errors import echo
+from beaverq.model.limits import JSON_DEPTH_MAX
 
 from .control_params import PARAMETERS, json_type
 from .trust import Untrusted, check_data_dir, check_peer, check_socket_file
@@ -152,7 +154,7 @@ def check_wiring(operations: Mapping[str, Operation]) -> None:
 def operation_named(op: str) -> Operation:
     operation = OPERATIONS.get(op)
     if operation is None:
-        raise ValueError(f"unknown operation {op!r}")
+        raise ValueError(f"unknown operation {echo(op)}")
     return operation
 
 
@@ -163,7 +165,7 @@ def _arguments(op: str, operation: Operation, params: Mapping[str, Any]) -> list
     unknown = sorted(str(name) for name in params if name not in operation.params)
     if unknown:
         takes = ", ".join(operation.params) or "no parameters"
-        raise ValueError(f"{op}: unknown parameter {unknown[0]!r} (it takes {takes})")
+        raise ValueError(f"{op}: unknown parameter {echo(unknown[0])} (it takes {takes})")
     arguments: list[Any] = []
     for name in operation.params:
         if name not in params and not operation.optional:
@@ -203,7 +205,13 @@ def answer(target: Any, line: bytes) -> dict[str, Any]:
     """The runner's side: one request line in, one answer out; never raises for the
     request's content (a bad request is the client's error, not the runner's)."""
     try:
-        request = json.loads(line)
+        try:
+            request = json.loads(line)
+        except RecursionError:  # the client's text, not a bug of ours: say what is wrong
+            raise ValueError(
+                "the request nests arrays and objects too deep to read (a job's args may "
+                f"nest JSON_DEPTH_MAX={JSON_DEPTH_MAX} levels)"
+            ) from None
         if (
             not isinstance(request, dict)
             or not isinstance(request.get("op"), str)
@@ -313,7 +321,9 @@ def unanswered(op: str, why: str) -> str:
             f"{why}; {what} may or may not have been stored; check with the id or the "
             "idempotency key ('beaverq show ID', 'beaverq jobs')"
         )
-    return f"{why}; the {op} may or may not have taken effect (check with 'beaverq show')"
+    # A queue's pause shows in ``status``; a job's cancel or requeue in ``show ID``.
+    check = "beaverq status" if op in ("pause", "resume") else "beaverq show ID"
+    return f"{why}; the {op} may or may not have taken effect (check with '{check}')"
 
 
 def answer_wait_s() -> float:
@@ -386,7 +396,7 @@ def execute_locally(data_dir: str, op: str, params: Mapping[str, Any]) -> Any:
     changes no byte of the data directory, not even the lock file's pid."""
     operation = OPERATIONS.get(op)
     if operation is None:
-        raise CommandFailed(f"unknown operation {op!r}")
+        raise CommandFailed(f"unknown operation {echo(op)}")
     try:
         check_data_dir(data_dir)  # another user's directory: not even read
     except Untrusted as untrusted:
@@ -413,6 +423,12 @@ def execute_locally(data_dir: str, op: str, params: Mapping[str, Any]) -> Any:
             raise
         except (OSError, StorageError) as error:
             raise CommandFailed(f"{op} not done: {_located(error, data_dir)}") from None
+        try:  # again: another user may have made the directory since the first check
+            check_data_dir(data_dir)
+        except Untrusted as untrusted:
+            with contextlib.suppress(OSError, StorageError):
+                storage.close()
+            raise CommandFailed(f"{op} not done: {untrusted}") from None
         # A controller with a pool that is never started: no job runs here.  Recover
         # is decided first, as for any opener (a crashed runner's leases are abandoned).
         pool = ThreadPool(HandlerRegistry(), workers=1)

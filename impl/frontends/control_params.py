@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from beaverq.impl.runtime.job_request import JobRequest
+from beaverq.model.errors import echo
 from beaverq.model.limits import JOBS_MAX
 
 _SECONDS_FIELDS = {"timeout": "timeout_ms", "delay": "delay_ms"}
@@ -29,7 +30,7 @@ def job_request(fields: Mapping[str, Any]) -> JobRequest:
     converted: dict[str, Any] = {}
     for raw_name, value in fields.items():
         if not isinstance(raw_name, str):
-            raise ValueError(f"field names must be strings, got {raw_name!r}")
+            raise ValueError(f"field names must be strings, got {echo(raw_name)}")
         name = raw_name.replace("-", "_")
         if name in _SECONDS_FIELDS:
             converted[_SECONDS_FIELDS[name]] = seconds_to_ms(value, name)
@@ -38,17 +39,17 @@ def job_request(fields: Mapping[str, Any]) -> JobRequest:
     for name in ("priority", "max_attempts"):
         value = converted.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
+            raise ValueError(f"{name} must be an integer, got {echo(value)}")
     return JobRequest.from_mapping(converted)
 
 
 def seconds_to_ms(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number of seconds, got {value!r}")
+        raise ValueError(f"{name} must be a number of seconds, got {echo(value)}")
     if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {echo(value)}")
     if value > 10**12:  # far beyond every model limit; keeps the product exact
-        raise ValueError(f"{name} is out of range: {value!r} seconds")
+        raise ValueError(f"{name} is out of range: {echo(value)} seconds")
     return round(value * 1000)
 
 
@@ -80,13 +81,13 @@ def _jobs(value: Any) -> list[JobRequest]:
 
 def _job_state(value: Any) -> str:
     if value not in _JOB_STATES:
-        raise ValueError(f"must be one of {', '.join(_JOB_STATES)}, got {value!r}")
+        raise ValueError(f"must be one of {', '.join(_JOB_STATES)}, got {echo(value)}")
     return str(value)
 
 
 def _limit(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= JOBS_MAX:
-        raise ValueError(f"must be an integer from 0 to {JOBS_MAX}, got {value!r}")
+        raise ValueError(f"must be an integer from 0 to {JOBS_MAX}, got {echo(value)}")
     return value
 
 

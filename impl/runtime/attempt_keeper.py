@@ -46,6 +46,8 @@ import threading
 _PR_SET_CHILD_SUBREAPER = 36
 #: A sweep kills at least one process per round; this bounds a pathological tree.
 SWEEP_ROUNDS_MAX = 100_000
+#: How often a keeper reaps the orphans that ended while its program runs on.
+REAP_S = 1.0
 
 
 def become_subreaper() -> bool:
@@ -98,8 +100,36 @@ def kill_children() -> None:
                 os.waitpid(pid, 0)  # SIGKILLed: returns once the kernel has ended it
 
 
+def reap_exited() -> None:
+    """Reap every child that has exited, without waiting for any: a subreaper's
+    orphans come to it as children, and each that ends stays a zombie (holding its
+    pid) until reaped.  A long-lived worker process calls this between tasks."""
+    for _round in range(SWEEP_ROUNDS_MAX):
+        try:
+            pid, _status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:  # no child at all
+            return
+        if pid == 0:  # children, none of them exited
+            return
+
+
+def _reap_orphans(program: int) -> None:
+    """Reap the children that have ended, the program excepted (its waiter thread
+    reaps it, for its status): as subreaper, the keeper gets every orphan of the
+    program's, and each that ends would stay a zombie (a pid) until the attempt ends."""
+    for _round in range(SWEEP_ROUNDS_MAX):
+        try:
+            ended = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return
+        if ended is None or ended.si_pid == program:
+            return  # none ended; or the program did, and the attempt is ending anyway
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(ended.si_pid, os.WNOHANG)
+
+
 def _keep(status_fd: int, argv: list[str]) -> None:
-    become_subreaper()
+    reaping = become_subreaper()  # orphans come to us (Linux only): reap those that end
     with os.fdopen(status_fd, "w") as status:
         try:
             program = subprocess.Popen(
@@ -123,7 +153,9 @@ def _keep(status_fd: int, argv: list[str]) -> None:
         waiter = threading.Thread(target=wait_program, daemon=True)
         waiter.start()
         threading.Thread(target=wait_parent, daemon=True).start()
-        ended.wait()
+        while not ended.wait(REAP_S):
+            if reaping:
+                _reap_orphans(program.pid)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(program.pid, signal.SIGKILL)  # still names the group: see handlers.py
         waiter.join()  # the program was SIGKILLed if it had not exited

@@ -15,6 +15,7 @@ from typing import Any
 import attrs
 
 from beaverq.model import Enqueue, limits
+from beaverq.model.errors import ECHO_CHARS_MAX, echo
 
 
 @attrs.frozen(kw_only=True)
@@ -47,7 +48,9 @@ class JobRequest:
         fields = dict(fields)
         unknown = set(fields) - set(attrs.fields_dict(cls)) - {"args"}
         if unknown:
-            raise ValueError(f"unknown job fields: {', '.join(sorted(unknown))}")
+            listed = ", ".join(sorted(unknown))  # cut if long: a field name may be megabytes
+            shown = listed if len(listed) <= ECHO_CHARS_MAX else echo(listed)
+            raise ValueError(f"unknown job fields: {shown}")
         if "handler" not in fields:
             raise ValueError("a job needs a handler")
         handler = fields.pop("handler")

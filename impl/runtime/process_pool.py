@@ -22,7 +22,7 @@ import attrs
 
 from beaverq.model.errors import BrokenInvariant
 
-from .attempt_keeper import become_subreaper, kill_children
+from .attempt_keeper import become_subreaper, kill_children, reap_exited
 from .handlers import HandlerContext, HandlerRegistry, Outcome, kill_process_group
 from .worker_isolation import isolated_worker_argv
 from .workers import CANCEL_WAIT_S_DEFAULT, KILL_MARGIN_S_DEFAULT, PROCESS_POLL_S, Task, _PoolBase
@@ -256,6 +256,10 @@ def _worker_process_main(argv: list[str]) -> None:
         outcome = registry.run(handler, args_json, context)
         with lock:
             current.clear()
+        # The handler's orphans that have ended came to us (the subreaper): reap them,
+        # or a long-lived worker would collect a zombie, a pid, for each.  (A process
+        # the handler started and left unwaited is reaped too: it has returned.)
+        reap_exited()
         try:
             to_parent.write(
                 json.dumps([outcome.ok, outcome.result_json, outcome.error]).encode() + b"\n"

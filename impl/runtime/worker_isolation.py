@@ -12,7 +12,10 @@ bootstrap then sets the path the runner computed: the runner's own ``sys.path``
 without the working directory (``""``, ``"."`` or its absolute name).  The modules the
 user named with ``--import`` stay importable from wherever the runner found them,
 the working directory included, through a finder that knows only their top-level
-names and is consulted last (so none of them can shadow the standard library).  A
+names and is consulted first, so that each is the very module the runner imported
+(another module of the same name further along the path does not take its place;
+and none can shadow the standard library: a name the runner took from there is
+found there).  A
 sibling module the user did not name, in a directory that is only on the path because
 it is the working directory, is not importable in a worker: name it with ``--import``
 or put its directory on ``PYTHONPATH``.
@@ -39,7 +42,7 @@ class NamedRoots:
         places = roots.get(name) if path is None else None
         return PathFinder.find_spec(name, places) if places else None
 
-sys.meta_path.append(NamedRoots)
+sys.meta_path.insert(0, NamedRoots)  # first: the runner's own module
 from beaverq.impl.runtime.process_pool import _worker_process_main
 _worker_process_main(config["argv"])
 """
@@ -71,6 +74,11 @@ def module_roots(modules: Iterable[str]) -> dict[str, list[str]]:
         elif spec.origin:
             found = [os.path.dirname(spec.origin)]
         else:
+            continue
+        # Only real directories: an editable install's package lists a path hook, whose
+        # "directory" is "" (the working directory); that name is left to the path.
+        found = [place for place in found if os.path.isabs(place)]
+        if not found:
             continue
         roots[top] = sorted(set(roots.get(top, [])) | set(found))
     return roots

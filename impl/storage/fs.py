@@ -150,7 +150,7 @@ class RealFileSystem:
                 os.mkdir(directory, 0o700)
             except FileExistsError:
                 if os.path.isdir(directory):
-                    continue  # made meanwhile by someone else: the owner check judges it
+                    continue  # made meanwhile by someone else: the caller checks its owner
                 raise
             os.chmod(directory, 0o700)  # the umask may have taken bits 0700 needs
 
