@@ -12,13 +12,23 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
-from beaverq.impl.storage.group_commit import GroupCommit
-from beaverq.impl.storage.storage import Storage
-from beaverq.model import Event
+from beaverq.impl.storage.group_commit import BatchLog, GroupCommit
+from beaverq.model import Event, State
 
 BatchCallback = Callable[[int, float], None]
+
+
+class LogStore(BatchLog[Any], Protocol):
+    """What the controller writes its events to: the local ``Storage`` (WAL and
+    snapshots), or in a cluster the etcd log (impl/cluster/log_writer.py)."""
+
+    def flush(self) -> int: ...
+
+    def take_snapshot(self, state: State) -> str: ...
+
+    def close(self) -> None: ...
 
 
 class Committer(Protocol):
@@ -41,7 +51,7 @@ class InlineCommit:
     framed so far (one fsync), holding its own lock so that framing and flushing
     never overlap (wal.py, "Threads")."""
 
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: LogStore) -> None:
         self._storage = storage
         self._lock = threading.Lock()
         self.on_batch: BatchCallback | None = None
@@ -69,11 +79,11 @@ class InlineCommit:
             self.on_batch(events, time.perf_counter() - started)
 
 
-CommitterFactory = Callable[[Storage], Committer]
+CommitterFactory = Callable[[LogStore], Committer]
 
 
 def group_commit_factory(events_max: int = 1_000, delay_s: float = 0.002) -> CommitterFactory:
-    def make(storage: Storage) -> Committer:
+    def make(storage: LogStore) -> Committer:
         return GroupCommit(storage, events_max=events_max, delay_s=delay_s)
 
     return make

@@ -63,7 +63,6 @@ from beaverq.model import (
     Event,
     JobStatus,
     Lease,
-    LeaseGranted,
     PauseQueue,
     Recover,
     Rejected,
@@ -80,14 +79,14 @@ from beaverq.model.errors import BrokenInvariant
 
 from . import loops, shutdown
 from .clock import Clock, SystemClock
-from .committers import Committer, CommitterFactory, group_commit_factory
+from .committers import Committer, CommitterFactory, LogStore, group_commit_factory
 from .dispatch_window import DispatchWindow
 from .errors import ControllerStopped, OutcomeUnknown, nothing_done
 from .job_request import JobRequest
 from .observers import ControllerObserver, Observers
 from .options import ControllerOptions
 from .read_models import RecoveryFigures, Stats, is_idle, job_detail, jobs_of, status_of
-from .workers import PoolClosed, PoolFull, Task, TaskResult, WorkerPool
+from .workers import PoolClosed, PoolFull, Task, TaskResult, WorkerPool, task_of
 
 
 class Controller:
@@ -95,7 +94,7 @@ class Controller:
 
     def __init__(
         self,
-        storage: Storage,
+        storage: LogStore,
         state: State,
         clock: Clock,
         pool: WorkerPool,
@@ -433,25 +432,10 @@ class Controller:
             # The pool's clock (not the controller's, which may be a fake one).
             leased_at = time.monotonic()
             for worker_id, granted in zip(slots, outcomes, strict=True):
-                if not isinstance(granted, tuple) or not granted:
-                    continue  # nothing ready (or in_flight_max_reached): no lease
-                (event,) = granted
-                if not (isinstance(event, LeaseGranted)):
-                    raise BrokenInvariant("broken invariant: isinstance(event, LeaseGranted)")
-                spec = state.jobs[event.job_id].spec
-                tasks.append(
-                    Task(
-                        job_id=event.job_id,
-                        attempt=event.attempt,
-                        handler=spec.handler,
-                        args_json=spec.args_json,
-                        timeout_s=spec.timeout_ms / 1000.0,
-                        worker_id=worker_id,
-                        leased_at=leased_at,
-                    )
-                )
-                self._free_slots.remove(worker_id)
-                self._busy_slots.add(worker_id)
+                if isinstance(granted, tuple) and granted:  # else nothing was ready
+                    tasks.append(task_of(state, granted, worker_id, leased_at))
+                    self._free_slots.remove(worker_id)
+                    self._busy_slots.add(worker_id)
 
         _outcomes, lsn, committer = self._apply(
             lambda now: [Lease(now_ms=now, worker_id=worker_id) for worker_id in slots],
@@ -473,7 +457,10 @@ class Controller:
         return len(tasks)
 
     def _leases_allowed(self) -> int:
-        """Free slots inside the dispatch window (under the lock)."""
+        """Free slots inside the dispatch window (under the lock); none in a cluster,
+        where every node's workers pull their leases (remote_leases.py)."""
+        if self._options.cluster_member:
+            return 0
         return min(len(self._free_slots), self._window.size() - len(self._busy_slots))
 
     def _can_lease(self) -> bool:
@@ -538,13 +525,17 @@ class Controller:
         """``Recover(now)``, durable, before anything else: every lease a previous process
         left live is abandoned, and counted, before a new one is granted."""
         try:
-            outcomes, lsn, committer = self._apply(lambda now: [Recover(now_ms=now)])
+            # In a cluster the node abandons the dead nodes' leases (AbandonNode).
+            member = self._options.cluster_member
+            outcomes, lsn, committer = self._apply(
+                lambda now: [] if member else [Recover(now_ms=now)]
+            )
             self._wait_durable(committer, lsn)
         except BaseException:
             with contextlib.suppress(Exception):
                 self._committer.close()  # no flusher thread outlives a failed start
             raise
-        abandoned = outcomes[0]
+        abandoned = outcomes[0] if outcomes else ()
         if not (isinstance(abandoned, tuple)):
             raise BrokenInvariant("broken invariant: isinstance(abandoned, tuple)")
         seconds = 0.0 if opened_at is None else time.monotonic() - opened_at

@@ -28,3 +28,9 @@ class ControllerOptions:
     dispatch_horizon_s: float = HORIZON_S_DEFAULT
     final_snapshot: bool = True  # on stop()
     jitter_seed: int | None = None  # seeds the retry-jitter draws (None: from the OS)
+    # One node of a cluster (impl/cluster/node.py), where the log is shared and
+    # workers on every node pull leases (impl/runtime/remote_leases.py).  Then this
+    # controller abandons no lease at open (``Recover`` would abandon the live
+    # nodes' leases too: the node issues ``AbandonNode`` for the dead ones), leases
+    # to no local slot, and releases no lease at stop (they are other nodes').
+    cluster_member: bool = False

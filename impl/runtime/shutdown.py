@@ -40,7 +40,8 @@ def stop(controller: Controller, grace_s: float = 10.0) -> list[str]:
     released: list[str] = []
     failure = controller._failure
     try:
-        if failure is None:
+        # In a cluster the live leases are other nodes' (options.cluster_member).
+        if failure is None and not controller._options.cluster_member:
             released = _release_live_leases(controller)
         if failure is None and controller._options.final_snapshot:
             _final_snapshot(controller)

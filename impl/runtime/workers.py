@@ -57,6 +57,7 @@ from typing import Protocol
 
 import attrs
 
+from beaverq.model import Event, LeaseGranted, State
 from beaverq.model.errors import BrokenInvariant
 
 from .handlers import HandlerContext, HandlerRegistry, Outcome
@@ -89,6 +90,26 @@ class Task:
     # lease's clock starts there, before the fsync that makes it durable, so the
     # handler's deadline does too.
     leased_at: float | None = None
+
+
+def task_of(
+    state: State, granted: tuple[Event, ...], worker_id: str, leased_at: float | None
+) -> Task:
+    """The task a durable-to-be ``LeaseGranted`` (``granted``, as decided) hands to
+    ``worker_id``: what the handler needs, read from the state the lease made."""
+    (event,) = granted
+    if not isinstance(event, LeaseGranted):
+        raise BrokenInvariant(f"a lease decided {event!r}, not one LeaseGranted")
+    spec = state.jobs[event.job_id].spec
+    return Task(
+        job_id=event.job_id,
+        attempt=event.attempt,
+        handler=spec.handler,
+        args_json=spec.args_json,
+        timeout_s=spec.timeout_ms / 1000.0,
+        worker_id=worker_id,
+        leased_at=leased_at,
+    )
 
 
 @attrs.frozen

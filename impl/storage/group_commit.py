@@ -17,18 +17,50 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
+from typing import Generic, Protocol, TypeVar
 
 from beaverq.model import Event
 from beaverq.model.errors import BrokenInvariant
 
-from .storage import Storage
-from .wal import Batch, WalFailed
+from .wal import WalFailed
 
 
-class GroupCommit:
+class BatchOfEvents(Protocol):
+    @property
+    def events(self) -> int: ...
+
+
+BatchT = TypeVar("BatchT", bound=BatchOfEvents)
+
+
+class BatchLog(Protocol[BatchT]):
+    """What group commit needs of a log: ``Storage`` (the local WAL) is one, and the
+    cluster's etcd log writer (impl/cluster/log_writer.py) another.  Framing
+    (``append``, ``take_batch``, ``complete_batch``) happens under group commit's lock;
+    ``write_batch`` (the slow, durable part) outside it, and raises ``WalFailed``."""
+
+    def append(self, events: Iterable[Event]) -> None: ...
+
+    def take_batch(self) -> BatchT | None: ...
+
+    def write_batch(self, batch: BatchT, /) -> None: ...
+
+    def complete_batch(self, batch: BatchT, /) -> None: ...
+
+    @property
+    def pending_events(self) -> int: ...
+
+    @property
+    def durable_lsn(self) -> int: ...
+
+    @property
+    def appended_lsn(self) -> int: ...
+
+
+class GroupCommit(Generic[BatchT]):
     def __init__(
         self,
-        storage: Storage,
+        storage: BatchLog[BatchT],
         *,
         events_max: int = 1_000,
         delay_s: float = 0.002,
@@ -125,7 +157,7 @@ class GroupCommit:
             if on_batch is not None:
                 on_batch(batch.events, seconds)
 
-    def _next_batch(self) -> Batch | None:
+    def _next_batch(self) -> BatchT | None:
         """Wait (holding the lock) until a batch is due; None when closing with nothing left."""
         while True:
             pending = self._storage.pending_events

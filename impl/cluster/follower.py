@@ -1,0 +1,120 @@
+"""A node's copy of the state: the etcd log, read and folded with ``evolve``.
+
+Every node runs one, the leader included.  It reads the log from its position to the
+head (pages of entries), then follows it with a watch from the revision it read at;
+each entry is folded in LSN order.  The LSN guard in ``evolve`` and the gap check in
+``fold_entry`` make a repeated or missing entry a loud error, never a silent fork.
+
+What it serves: reads on a node that is not the leader (status, show, jobs: a
+projection of the log, as fresh as the watch, which measured p99 4 ms behind the
+writer), and the starting state of a node that wins the election, which must first
+reach the head (``catch_up``): a leader that decided on a stale state would be
+refused by the head compare anyway (etcd_log.py), but it would fail for nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+
+from beaverq.model import State, initial_state
+
+from .etcd_client import EtcdError, prefix_end
+from .etcd_log import EtcdLog, LogEntry, decode_entry, fold_entry
+
+#: After a broken watch or an etcd error, wait this long before reading again.
+RETRY_S = 0.2
+
+
+class LogFollower:
+    def __init__(self, log: EtcdLog, state: State | None = None) -> None:
+        self._log = log
+        self._state = state or initial_state()
+        self._last_at_ms = 0
+        self._revision = 0  # the etcd revision the state reflects the log at
+        self._changed = threading.Condition()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="beaverq-follower", daemon=True)
+        self.failure: BaseException | None = None
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def last_at_ms(self) -> int:
+        """The time of the last event folded: a new leader's clock starts no earlier
+        (time never runs backwards across leaders: model/timers.py needs it)."""
+        return self._last_at_ms
+
+    def start(self) -> None:
+        self.catch_up()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._changed:
+            self._changed.notify_all()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def wait_for(self, lsn: int, timeout_s: float) -> bool:
+        """Wait until the state covers ``lsn``; False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while self._state.last_lsn < lsn:
+                if self.failure is not None:
+                    raise self.failure
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._stop.is_set():
+                    return False
+                self._changed.wait(remaining)
+        return True
+
+    def catch_up(self) -> int:
+        """Read the log up to its head as of now (linearizably); the LSN reached."""
+        head, revision = self._log.head()
+        for entry in self._log.entries_after(self._state.last_lsn, revision=revision):
+            self._fold(entry)
+        with self._changed:
+            self._revision = max(self._revision, revision)
+        if self._state.last_lsn < head:
+            raise EtcdError(
+                f"the log's head says LSN {head}, its entries end at {self._state.last_lsn}"
+            )
+        return head
+
+    def _fold(self, entry: LogEntry) -> None:
+        with self._changed:
+            state, events = fold_entry(self._state, entry)
+            if events:
+                self._state = state
+                self._last_at_ms = max(self._last_at_ms, events[-1].at_ms)
+                self._changed.notify_all()
+
+    def _run(self) -> None:
+        keys = self._log.keys
+        while not self._stop.is_set():
+            try:
+                for change in self._log.client.watch(
+                    keys.log_prefix,
+                    prefix_end(keys.log_prefix),
+                    start_revision=self._revision + 1,
+                    stop=self._stop,
+                ):
+                    if not change.deleted:  # deletions are compaction (snapshots.py)
+                        self._fold(decode_entry(change.kv.key, change.kv.value))
+                    with self._changed:
+                        self._revision = max(self._revision, change.kv.mod_revision)
+            except EtcdError:
+                # A broken stream or a compacted revision: read by range from where the
+                # state is, then watch again.
+                self._stop.wait(RETRY_S)
+                with contextlib.suppress(EtcdError):
+                    self.catch_up()
+            except BaseException as error:  # a corrupt log: loud, to every waiter
+                with self._changed:
+                    self.failure = error
+                    self._changed.notify_all()
+                raise

@@ -1,0 +1,101 @@
+"""A node's membership: one etcd lease that stands for "this node is alive".
+
+The node registers itself under ``nodes/<node>`` (discovery: where its RPC answers,
+how many workers it has) and campaigns in the election, both on this one lease, kept
+alive by a thread.  If the process dies or stalls past the lease's TTL, etcd deletes
+both keys at once: the node leaves the registry (so the leader abandons its leases,
+``AbandonNode``) and, if it led, the election key whose create revision was its
+epoch (so its next append is refused: etcd_log.py).  One lease, so that "alive" has
+one meaning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+
+import attrs
+import cattrs
+
+from .etcd_client import EtcdClient, EtcdError, LeaderKey, prefix_end
+from .etcd_log import ClusterKeys
+
+#: The lease's time to live.  A dead leader is replaced after at most this plus an
+#: election; etcd's floor for a lease TTL with its default timing is about 1.5 s.
+LEASE_TTL_S = 2
+#: Keep-alives per TTL: three, so one lost or late keep-alive does not end the lease.
+KEEPALIVES_PER_TTL = 3
+
+_converter = cattrs.Converter()
+
+
+@attrs.frozen
+class NodeInfo:
+    """What a node publishes about itself (its registration's value)."""
+
+    node: str
+    rpc_url: str
+    workers: int
+    metrics_url: str | None = None
+
+    def encode(self) -> bytes:
+        return json.dumps(_converter.unstructure(self), sort_keys=True).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> NodeInfo:
+        return _converter.structure(json.loads(data), cls)
+
+
+class Membership:
+    def __init__(self, client: EtcdClient, keys: ClusterKeys, info: NodeInfo) -> None:
+        self._client = client
+        self._keys = keys
+        self.info = info
+        self.lease = 0
+        self._stop = threading.Event()
+        self.lost = threading.Event()  # set when the lease is gone: the node must stop leading
+        self._thread = threading.Thread(target=self._keep_alive, name="beaverq-lease", daemon=True)
+
+    def join(self) -> None:
+        self.lease = self._client.lease_grant(LEASE_TTL_S)
+        self._client.put(self._keys.node_key(self.info.node), self.info.encode(), lease=self.lease)
+        self._thread.start()
+
+    def leave(self) -> None:
+        """Revoke the lease: the registration and any election key go at once."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        if self.lease:
+            # If etcd does not hear it, the lease expires by itself within LEASE_TTL_S.
+            with contextlib.suppress(EtcdError):
+                self._client.lease_revoke(self.lease)
+
+    def campaign(self, timeout_s: float) -> LeaderKey:
+        """Block until this node leads (EtcdError on timeout or a lost lease)."""
+        return self._client.campaign(
+            self._keys.election, self.lease, self.info.node.encode(), timeout_s=timeout_s
+        )
+
+    def _keep_alive(self) -> None:
+        period = LEASE_TTL_S / KEEPALIVES_PER_TTL
+        while not self._stop.wait(period):
+            try:
+                if self._client.lease_keepalive(self.lease) <= 0:
+                    self.lost.set()  # expired: etcd deleted our keys
+                    return
+            except EtcdError:
+                continue  # etcd busy or a member down: the next attempt may reach one
+
+
+def registered_nodes(client: EtcdClient, keys: ClusterKeys) -> dict[str, NodeInfo]:
+    """Every node whose lease is alive, by name."""
+    result = client.range(keys.nodes_prefix, prefix_end(keys.nodes_prefix))
+    return {info.node: info for info in (NodeInfo.decode(kv.value) for kv in result.kvs)}
+
+
+def current_leader(client: EtcdClient, keys: ClusterKeys) -> tuple[str, int] | None:
+    """(node, epoch) of the elected leader, None if there is none."""
+    kv = client.leader(keys.election)
+    return None if kv is None else (kv.value.decode(), kv.create_revision)

@@ -1,0 +1,313 @@
+"""One beaverq node of a cluster: follower always, leader when elected.
+
+What a node runs (docs/cluster.md tells it as a story):
+
+* a ``LogFollower``: its own fold of the etcd log, for reads and for taking over;
+* a ``Membership``: one etcd lease, the node's registration, and its campaign;
+* ``NodeWorkers``: its worker pool, pulling leases from the leader;
+* an ``RpcServer``: the same operations as the control socket, over HTTP.
+
+When it wins the election it reads the log to the head and starts the single-node
+``Controller`` on that state, with two changes: its log is the etcd log (fenced by
+the head and its epoch, log_writer.py) and its clock never runs behind the last
+event in the log (``FloorClock``: a new leader's clock may lag the old one's, and
+lease expiries must not move backwards).  The controller's failure, or the loss of
+the lease, ends the leadership: the controller is halted (its state may hold events
+the log refused), and the node campaigns again from its follower's state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+
+from beaverq.impl.frontends.control import OPERATIONS, StateView, answer
+from beaverq.impl.runtime import remote_leases
+from beaverq.impl.runtime.clock import Clock, SystemClock
+from beaverq.impl.runtime.committers import group_commit_factory
+from beaverq.impl.runtime.controller import Controller
+from beaverq.impl.runtime.handlers import HandlerRegistry
+from beaverq.impl.runtime.options import ControllerOptions
+from beaverq.impl.runtime.workers import Task, TaskResult, ThreadPool
+from beaverq.model.nodes import node_of_worker
+
+from .etcd_client import EtcdClient, EtcdError
+from .etcd_log import ClusterKeys, EtcdLog
+from .follower import LogFollower
+from .log_writer import EtcdLogWriter
+from .membership import Membership, NodeInfo, current_leader, registered_nodes
+from .node_workers import LeaderPort, LeaderUnreachable, NodeWorkers, NoWorkers
+from .rpc import NotLeader, RpcClient, RpcServer
+
+#: How often the leader looks for departed nodes (their leases to abandon).
+DEPARTURES_EVERY_S = 0.5
+#: How long a follower trusts what it found out about the leader.
+LEADER_CACHE_S = 0.5
+#: How long a follower waits to see its own forwarded change in its fold.
+READ_YOUR_WRITE_S = 10.0
+
+
+@attrs.frozen(kw_only=True)
+class NodeOptions:
+    node: str
+    cluster: str = "default"
+    rpc_host: str = "127.0.0.1"
+    rpc_port: int = 0  # 0: any free port (the registration says which)
+    workers: int = 4
+    queue_max: int = 60  # tasks leased ahead of the workers, per node
+    group_commit_delay_s: float = 0.002
+    controller: ControllerOptions = attrs.field(factory=ControllerOptions)
+
+
+class FloorClock:
+    """A clock that never reads below ``floor_ms`` (the last event's time in the log)."""
+
+    def __init__(self, inner: Clock, floor_ms: int) -> None:
+        self._inner = inner
+        self._floor_ms = floor_ms
+
+    def now_ms(self) -> int:
+        return max(self._inner.now_ms(), self._floor_ms)
+
+    def monotonic(self) -> float:
+        return self._inner.monotonic()
+
+
+class _LocalLeader:
+    """The LeaderPort of the node that leads: straight to its controller."""
+
+    def __init__(self, node: ClusterNode) -> None:
+        self._node = node
+
+    def lease(self, worker_ids: Sequence[str]) -> list[Task]:
+        return self._node.lease(worker_ids)
+
+    def results(self, results: Sequence[TaskResult]) -> None:
+        self._node.record_results(results)
+
+    def abandon_node(self, node: str) -> int:
+        return self._node.abandon_node(node)
+
+
+class ClusterNode:
+    def __init__(
+        self,
+        etcd_urls: Sequence[str],
+        registry: HandlerRegistry,
+        options: NodeOptions,
+        *,
+        clock: Clock | None = None,
+    ) -> None:
+        self.options = options
+        self.keys = ClusterKeys(options.cluster)
+        self._clock = clock or SystemClock()
+        self.client = EtcdClient(etcd_urls)
+        self.log = EtcdLog(self.client, self.keys)
+        self.follower = LogFollower(self.log)
+        self.rpc = RpcServer(options.rpc_host, options.rpc_port, self)
+        self.membership = Membership(
+            self.client, self.keys, NodeInfo(options.node, self.rpc.url, options.workers)
+        )
+        pool = ThreadPool(registry, options.workers, queue_max=options.queue_max)
+        self.workers = NodeWorkers(options.node, pool, self._leader_port)
+        self._controller: Controller | None = None
+        self._lock = threading.Lock()  # guards _controller and the leader's port
+        self._stop = threading.Event()
+        self._peer: RpcClient | None = None
+        self._peer_checked_at = -LEADER_CACHE_S
+        self._thread = threading.Thread(target=self._lead, name="beaverq-leading", daemon=True)
+        self.leaderships = 0  # times this node became leader
+
+    # -- life ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.follower.start()
+        self.rpc.start()
+        self.membership.join()
+        self.workers.start()
+        self._thread.start()
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """Workers first (their results reach the leader, maybe this node), then the
+        leadership, then the lease (registration and election key go with it)."""
+        self.workers.stop(grace_s)
+        self._stop.set()
+        self.membership.leave()  # ends a waiting campaign, too
+        self._thread.join()
+        self._step_down(graceful=True)
+        self.rpc.stop()
+        self.follower.stop()
+        self.client.close()
+
+    def kill(self) -> None:
+        """For tests in one process: stop as a crash would, without a word to etcd."""
+        self._stop.set()
+        with self._lock:
+            if self._controller is not None:
+                self._controller.halt()
+
+    @property
+    def is_leader(self) -> bool:
+        return self._controller is not None
+
+    # -- leading --------------------------------------------------------------------------
+
+    def _lead(self) -> None:
+        while not self._stop.is_set():
+            try:
+                leader_key = self.membership.campaign(timeout_s=3600.0)
+            except EtcdError:
+                if self.membership.lost.is_set() and not self._stop.is_set():
+                    self._rejoin()
+                self._stop.wait(0.2)
+                continue
+            if self._stop.is_set():
+                return
+            try:
+                self._take_over(leader_key)
+            except Exception:  # etcd, or a state that fails to load: not leading
+                self._step_down(graceful=False)
+                continue
+            self._serve_as_leader()
+            self._step_down(graceful=False)
+
+    def _take_over(self, leader_key: Any) -> None:
+        self.follower.catch_up()  # the head as of now: nothing older than our epoch is missing
+        state = self.follower.state
+        writer = EtcdLogWriter(self.log, leader_key, state.last_lsn)
+        controller = Controller(
+            writer,
+            state,
+            FloorClock(self._clock, self.follower.last_at_ms),
+            NoWorkers(),
+            options=attrs.evolve(
+                self.options.controller,
+                runner_id=self.options.node,
+                cluster_member=True,
+                final_snapshot=False,
+            ),
+            committer_factory=group_commit_factory(delay_s=self.options.group_commit_delay_s),
+        )
+        controller.start()
+        with self._lock:
+            self._controller = controller
+        self.leaderships += 1
+        self._abandon_departed(controller)
+
+    def _serve_as_leader(self) -> None:
+        """Until the controller fails, the lease is lost, or the node stops."""
+        while not self._stop.wait(DEPARTURES_EVERY_S):
+            controller = self._controller
+            if controller is None or controller.failure is not None:
+                return
+            if self.membership.lost.is_set():
+                return
+            with contextlib.suppress(EtcdError):
+                self._abandon_departed(controller)
+
+    def _abandon_departed(self, controller: Controller) -> None:
+        """End the leases of nodes whose registration is gone (their lease expired:
+        they died or stalled).  Node-scoped: the live nodes' leases stay live."""
+        alive = set(registered_nodes(self.client, self.keys))
+        state = controller.state
+        holders = {
+            node_of_worker(state.jobs[job_id].history[-1].worker_id) for job_id in state.in_flight
+        }
+        for node in sorted(holders - alive):
+            remote_leases.abandon_node(controller, node)
+
+    def _step_down(self, *, graceful: bool) -> None:
+        with self._lock:
+            controller, self._controller = self._controller, None
+        if controller is None:
+            return
+        if graceful and controller.failure is None:
+            with contextlib.suppress(Exception):
+                controller.stop(0.0)
+                return
+        controller.halt()
+
+    def _rejoin(self) -> None:
+        """The lease expired under us (a long pause): a new lease, a new registration."""
+        self.membership = Membership(self.client, self.keys, self.membership.info)
+        with contextlib.suppress(EtcdError):
+            self.membership.join()
+
+    # -- the calls (rpc.py's RpcTarget, and the LeaderPort of this node's workers) --------
+
+    def _leading(self) -> Controller:
+        controller = self._controller
+        if controller is None:
+            raise NotLeader(f"node {self.options.node} is not the leader")
+        return controller
+
+    def lease(self, worker_ids: Sequence[str]) -> list[Task]:
+        return remote_leases.lease_tasks(self._leading(), worker_ids)
+
+    def record_results(self, results: Sequence[TaskResult]) -> None:
+        remote_leases.record_results(self._leading(), results)
+
+    def abandon_node(self, node: str) -> int:
+        return remote_leases.abandon_node(self._leading(), node)
+
+    def answer_op(self, body: bytes) -> dict[str, Any]:
+        """An operation from a client: done here if this node leads; else a change is
+        forwarded to the leader, and a read answered from this node's fold."""
+        controller = self._controller
+        if controller is not None:
+            reply = answer(controller, body)
+            reply["lsn"] = controller.state.last_lsn
+            return reply
+        if _is_read(body):
+            view = StateView(self.follower.state, {"cluster": self.options.cluster})
+            return answer(view, body)
+        peer = self._peer_client()
+        if peer is None:
+            return {"ok": False, "error": "no leader is elected yet: try again shortly"}
+        try:
+            reply = peer.call("/v1/op", body)
+        except LeaderUnreachable as error:
+            return {"ok": False, "error": f"the leader did not answer ({error}); try again"}
+        # Read your writes: a later read on this node sees this change.
+        self.follower.wait_for(int(reply.get("lsn", 0)), READ_YOUR_WRITE_S)
+        return reply
+
+    def _leader_port(self) -> LeaderPort | None:
+        if self._controller is not None:
+            return _LocalLeader(self)
+        return self._peer_client()
+
+    def _peer_client(self) -> RpcClient | None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._peer_checked_at < LEADER_CACHE_S:
+                return self._peer
+        try:
+            leader = current_leader(self.client, self.keys)
+            if leader is None:
+                return None
+            info = registered_nodes(self.client, self.keys).get(leader[0])
+        except EtcdError:
+            return None
+        with self._lock:
+            self._peer_checked_at = now
+            if info is None or info.node == self.options.node:
+                self._peer = None
+            elif self._peer is None or self._peer.url != info.rpc_url:
+                self._peer = RpcClient(info.rpc_url)
+            return self._peer
+
+
+def _is_read(body: bytes) -> bool:
+    try:
+        op = json.loads(body).get("op")
+    except (ValueError, AttributeError):
+        return True  # malformed: answered (refused) locally
+    operation = OPERATIONS.get(op) if isinstance(op, str) else None
+    return operation is None or operation.command is None
