@@ -13,6 +13,7 @@ from __future__ import annotations
 from .backoff import backoff_ms
 from .commands import (
     COMMAND_TYPES,
+    AbandonNode,
     Cancel,
     Command,
     Complete,
@@ -53,7 +54,8 @@ from .events import (
 from .evolve import apply_event, evolve, replay
 from .jobs import AttemptRecord, Job, JobSpec
 from .lifecycle import FINISHED, TRANSITIONS, UNFINISHED, JobStatus, edges
-from .recovery import abandon_leases
+from .nodes import WORKER_SEPARATOR, check_node_name, node_of_worker, worker_id_of
+from .recovery import abandon_leases, abandon_node_leases
 from .state import Counts, State, initial_state
 
 __all__ = [
@@ -64,6 +66,8 @@ __all__ = [
     "QUEUE_EVENT_TYPES",
     "TRANSITIONS",
     "UNFINISHED",
+    "WORKER_SEPARATOR",
+    "AbandonNode",
     "AttemptRecord",
     "BrokenInvariant",
     "Cancel",
@@ -103,8 +107,10 @@ __all__ = [
     "State",
     "Tick",
     "abandon_leases",
+    "abandon_node_leases",
     "apply_event",
     "backoff_ms",
+    "check_node_name",
     "decide",
     "derived_job_id",
     "edges",
@@ -112,5 +118,7 @@ __all__ = [
     "evolve",
     "initial_state",
     "next_ready_job",
+    "node_of_worker",
     "replay",
+    "worker_id_of",
 ]

@@ -108,6 +108,15 @@ class Recover:
     now_ms: int
 
 
+@attrs.frozen(kw_only=True)
+class AbandonNode:
+    """Issued by a cluster's leader when ``node`` has died: end the leases of that
+    node's workers (model/nodes.py), and only those, as Recover ends every lease."""
+
+    now_ms: int
+    node: str
+
+
 Command = (
     Enqueue
     | Lease
@@ -120,6 +129,7 @@ Command = (
     | PauseQueue
     | ResumeQueue
     | Recover
+    | AbandonNode
 )
 COMMAND_TYPES: tuple[type[Command], ...] = (
     Enqueue,
@@ -133,4 +143,5 @@ COMMAND_TYPES: tuple[type[Command], ...] = (
     PauseQueue,
     ResumeQueue,
     Recover,
+    AbandonNode,
 )

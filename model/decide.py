@@ -7,9 +7,10 @@ that is malformed or not allowed raises :class:`Rejected` naming the command, th
 job, its state and the rule; a command with nothing to do (lease when no job is
 ready, pause a paused queue, enqueue a duplicate idempotency key) returns ``()``.
 
-Commands that produce several events (``Tick``, ``Recover``) decide each one on
-the state left by the previous ones, through a small ``_Emitter``; so a batch of
-events is exactly what deciding them one at a time would have produced.
+Commands that produce several events (``Tick``, ``Recover``, ``AbandonNode``)
+decide each one on the state left by the previous ones (``Tick`` through a small
+``_Emitter``, the recoveries in recovery.py); so a batch of events is exactly what
+deciding them one at a time would have produced.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import attrs
 from . import limits
 from .backoff import backoff_ms
 from .commands import (
+    AbandonNode,
     Cancel,
     Command,
     Complete,
@@ -70,8 +72,9 @@ from .evolve import evolve
 from .fifo import fifo_first
 from .jobs import Job, JobSpec
 from .lifecycle import CANCELLED, COMPLETED, DEAD, DELAYED, IN_FLIGHT, PENDING
+from .nodes import check_node_name
 from .records import replace_fields
-from .recovery import abandon_leases
+from .recovery import abandon_leases, abandon_node_leases
 from .state import State, timer_is_live
 from .timers import timers_peek, timers_pop
 from .validation import (
@@ -504,6 +507,13 @@ def _decide_recover(state: State, command: Recover) -> tuple[Event, ...]:
     return abandon_leases(state, command.now_ms)
 
 
+def _decide_abandon_node(state: State, command: AbandonNode) -> tuple[Event, ...]:
+    # A name that no worker id can carry is refused rather than matching nothing: a
+    # leader that asks to abandon it has mistaken what a node is called.
+    _refuse_if(command, None, state, check_node_name(command.node))
+    return abandon_node_leases(state, command.now_ms, command.node)
+
+
 # -- Operator commands. -----------------------------------------------------------------
 
 
@@ -565,4 +575,5 @@ _DECIDE: dict[type[Any], Callable[[State, Any], tuple[Event, ...]]] = {
     PauseQueue: _decide_pause,
     ResumeQueue: _decide_resume,
     Recover: _decide_recover,
+    AbandonNode: _decide_abandon_node,
 }

@@ -33,6 +33,8 @@ JOB_FINISHED = "job_finished"
 JOB_NOT_DEAD = "job_not_dead"
 STALE_ATTEMPT = "stale_attempt"
 QUEUE_INVALID = "queue_invalid"
+#: A node name that is not a token, or that holds the worker separator (model/nodes.py).
+NODE_INVALID = "node_invalid"
 ERROR_INVALID = "error_invalid"
 JOBS_MAX_REACHED = "jobs_max_reached"
 IN_FLIGHT_MAX_REACHED = "in_flight_max_reached"

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import attrs
 
-from .lifecycle import JobStatus
+from .errors import BrokenInvariant
+from .lifecycle import IN_FLIGHT, JobStatus
 
 
 @attrs.frozen(kw_only=True, slots=False)
@@ -79,3 +80,18 @@ class Job:
     @property
     def job_id(self) -> str:
         return self.spec.job_id
+
+    @property
+    def lease_worker_id(self) -> str | None:
+        """The worker holding the live lease; None when the job is not in flight.
+
+        A property, not a field: the open attempt record already says it, and a
+        second copy could disagree with it.  A rule that reads it reads the record.
+        """
+        if self.status is not IN_FLIGHT:
+            return None
+        # The open record is the last one (invariant at_most_one_live_lease_per_job).
+        record = self.history[-1] if self.history else None
+        if record is None or record.outcome is not None or record.attempt != self.attempt:
+            raise BrokenInvariant(f"{self.job_id} is in flight without an open attempt record")
+        return record.worker_id

@@ -16,6 +16,9 @@ JOB_ID_BYTES_MAX = 128
 QUEUE_NAME_BYTES_MAX = 64
 HANDLER_NAME_BYTES_MAX = 200
 WORKER_ID_BYTES_MAX = 128
+# A cluster node's name: shorter than a worker id, which is the name plus "-w<index>"
+# (model/nodes.py checks that the longest one fits).
+NODE_NAME_BYTES_MAX = 64
 IDEMPOTENCY_KEY_BYTES_MAX = 200
 
 # Payloads.

@@ -36,6 +36,7 @@ import unicodedata
 
 from beaverq.model import limits
 from beaverq.model.commands import (
+    AbandonNode,
     Cancel,
     Command,
     Complete,
@@ -70,6 +71,9 @@ _ASCII_ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz" + _ASCII_D
 # character sets rather than a regular expression, to stay a separate reading of it.
 _QUEUE_FIRST = _ASCII_ALNUM
 _QUEUE_REST = _ASCII_ALNUM + "_.:-"
+# semantics.md, AbandonNode: worker i of node n is called n + "-w" + i, i in decimal
+# without leading zeros.  Restated here as text, not imported from model/nodes.py.
+_NODE_WORKER_MARK = "-w"
 
 
 class _Refusal(Exception):
@@ -103,6 +107,7 @@ class _Job:
     attempts_used: int = 0  # leases counted against max_attempts
     cancel_requested: bool = False
     lease_expires_at_ms: int | None = None
+    lease_worker_id: str | None = None  # IN_FLIGHT: the worker the live lease went to
     finished_at_ms: int | None = None
     result_json: str | None = None  # COMPLETED: what the worker returned
 
@@ -182,6 +187,26 @@ def _check_queue(queue: str) -> None:
     _check_token("queue", queue, limits.QUEUE_NAME_BYTES_MAX)
     if queue[0] not in _QUEUE_FIRST or any(ch not in _QUEUE_REST for ch in queue[1:]):
         raise _Refusal("queue_invalid", f"queue {queue!r} has a character not allowed")
+
+
+def _check_node(node: str) -> None:
+    _check_token("node", node, limits.NODE_NAME_BYTES_MAX)
+    if _NODE_WORKER_MARK in node:
+        raise _Refusal("node_invalid", f"node {node!r} holds {_NODE_WORKER_MARK!r}")
+
+
+def _is_worker_of(worker_id: str, node: str) -> bool:
+    """Whether ``worker_id`` is ``node + "-w" + i`` for an index i in [0, IN_FLIGHT_MAX)
+    written in decimal without leading zeros (semantics.md, AbandonNode)."""
+    head = node + _NODE_WORKER_MARK
+    if not worker_id.startswith(head):
+        return False
+    index = worker_id[len(head) :]
+    if index == "" or any(ch not in _ASCII_DIGITS for ch in index):
+        return False
+    if index != "0" and index.startswith("0"):
+        return False
+    return int(index) < limits.IN_FLIGHT_MAX
 
 
 def _refuse_constant(name: str) -> object:
@@ -306,6 +331,9 @@ class Oracle:
                     "lease_expires_at_ms": job.lease_expires_at_ms
                     if job.status is JobStatus.IN_FLIGHT
                     else None,
+                    "lease_worker_id": job.lease_worker_id
+                    if job.status is JobStatus.IN_FLIGHT
+                    else None,
                     "finished_at_ms": job.finished_at_ms if job.status in _FINISHED else None,
                     "result_json": job.result_json if job.status is JobStatus.COMPLETED else None,
                 }
@@ -341,6 +369,8 @@ class Oracle:
             self._resume(command)
         elif isinstance(command, Recover):
             self._recover()
+        elif isinstance(command, AbandonNode):
+            self._abandon_node(command)
         else:  # pragma: no cover - the Command union is exhaustive
             raise AssertionError(f"unknown command {command!r}")
 
@@ -367,12 +397,14 @@ class Oracle:
         job.status = status
         job.finished_at_ms = self._now_ms
         job.lease_expires_at_ms = None
+        job.lease_worker_id = None
         self.finished_order.append(job.job_id)
 
     def _end_attempt(self, job: _Job, event_type: str, retry_at_ms: int, **fields: object) -> None:
         """An attempt ended without success (failure, expiry, abandonment, release):
         decide its fate, record it in the event (``target``, ``retry_at_ms``), apply it."""
         job.lease_expires_at_ms = None
+        job.lease_worker_id = None
         if job.cancel_requested:
             target, retry = JobStatus.CANCELLED, None
         elif job.attempts_used >= job.max_attempts:
@@ -470,6 +502,7 @@ class Oracle:
         best.attempt += 1
         best.attempts_used += 1
         best.lease_expires_at_ms = c.now_ms + best.timeout_ms
+        best.lease_worker_id = c.worker_id
         self._emit(
             "LeaseGranted",
             job_id=best.job_id,
@@ -630,6 +663,25 @@ class Oracle:
         # Every in-flight lease, by (expires_at, job id), in one decision.
         while True:
             held = [job for job in self.jobs.values() if job.status is JobStatus.IN_FLIGHT]
+            if not held:
+                break
+            job = min(held, key=lambda j: (j.lease_expires_at_ms, j.job_id))
+            # An immediate retry, as for an expiry.
+            self._end_attempt(job, "LeaseAbandoned", self._now_ms)
+
+    def _abandon_node(self, c: AbandonNode) -> None:
+        # Recover, narrowed to the leases whose worker is one of the node's.  Written
+        # out again rather than sharing Recover's loop: the model shares one path, and
+        # the oracle's job is to be a second reading.
+        _check_node(c.node)
+        while True:
+            held = [
+                job
+                for job in self.jobs.values()
+                if job.status is JobStatus.IN_FLIGHT
+                and job.lease_worker_id is not None
+                and _is_worker_of(job.lease_worker_id, c.node)
+            ]
             if not held:
                 break
             job = min(held, key=lambda j: (j.lease_expires_at_ms, j.job_id))

@@ -1,7 +1,7 @@
 """Shared Hypothesis strategies: commands, command lists and reachable histories.
 
 Everything here draws from a *tiny alphabet* (three caller job ids, two queues,
-two workers, two idempotency keys, small times) so that random commands collide:
+four workers of two nodes, two idempotency keys, small times) so that random commands collide:
 they name jobs that exist, hit the same queue, reuse a key, and a few milliseconds
 of clock are enough to pass a timeout or a backoff.  Wide-range values belong to
 the tests that need them (field validation, limits).
@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 from hypothesis import strategies as st
 
 from beaverq.model import (
+    AbandonNode,
     Cancel,
     Command,
     Complete,
@@ -56,7 +57,11 @@ from beaverq.model import (
 
 JOB_IDS = ("a", "b", "c")  # caller ids; derived ids are "j<lsn>"
 QUEUES = ("q1", "q2")
-WORKERS = ("w1", "w2")
+# Workers as the runtime names them (model/nodes.py: "<node>-w<index>"), so that
+# AbandonNode finds leases to end, and one id of no node's shape ("w1"), whose lease
+# only Recover ends.  NODES adds one that holds no lease ever.
+WORKERS = ("n1-w0", "n2-w0", "n1-w1", "w1")
+NODES = ("n1", "n2", "n3")
 KEYS = ("k1", "k2")
 HANDLER = "h"
 ARGS = ("null", "[1]", '{"x":2}')
@@ -123,6 +128,7 @@ _KINDS = (
     + ["pause"]
     + ["resume"]
     + ["recover"]
+    + ["abandon_node"]
 )
 _MORE_WITH_LEASES = [
     "complete",
@@ -133,6 +139,8 @@ _MORE_WITH_LEASES = [
     "cancel",
     "recover",
     "recover",
+    "abandon_node",
+    "abandon_node",
 ]
 _MORE_WITH_DEAD = ["requeue", "requeue"]
 _UNFINISHED = (JobStatus.PENDING, JobStatus.DELAYED, JobStatus.IN_FLIGHT)
@@ -331,6 +339,8 @@ def _draw_command(draw: st.DrawFn, state: State | None, now_ms: int) -> Command:
         return PauseQueue(now_ms=now_ms, queue=_pick(draw, QUEUES))
     if kind == "resume":
         return ResumeQueue(now_ms=now_ms, queue=_pick(draw, QUEUES))
+    if kind == "abandon_node":
+        return AbandonNode(now_ms=now_ms, node=_pick(draw, NODES))
     assert kind == "recover"
     return Recover(now_ms=now_ms)
 

@@ -18,7 +18,7 @@ import pytest
 
 from beaverq.impl.frontends import control
 from beaverq.impl.runtime.job_request import JobRequest
-from beaverq.model import Cancel, Enqueue
+from beaverq.model import WORKER_SEPARATOR, Cancel, Enqueue
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -182,6 +182,26 @@ def test_no_module_is_over_600_lines() -> None:
         if lines > LINES_MAX and relative not in LINES_MAX_EXCEPTIONS:
             long.append(f"{relative}: {lines} lines")
     assert long == []
+
+
+def test_the_shell_names_workers_by_the_models_rule_only() -> None:
+    """Goal: the runtime's worker ids and the model's reading of their node (AbandonNode)
+    cannot drift apart: no module of the shell or the teaching tools builds a worker id
+    with the separator spelled out; they call ``model.worker_id_of``.
+
+    Method: every string constant, f-string parts included, read with ``ast``: one that
+    ends with the separator is the text before an index (``f"{node}-w{index}"`` has the
+    part ``"-w"``).  Words that merely hold it ("--workers", "beaverq-worker") do not.
+    It caught the controller's own ``f"{runner_id}-w{index}"`` before the change."""
+    spelled = [
+        f"{module}:{node.lineno}: {node.value!r}"
+        for module, path in _modules().items()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and node.value.endswith(WORKER_SEPARATOR)
+    ]
+    assert spelled == []
 
 
 def test_job_request_has_the_fields_of_enqueue() -> None:

@@ -30,6 +30,8 @@ from strategies import (
 )
 
 from beaverq.model import (
+    WORKER_SEPARATOR,
+    AbandonNode,
     Cancel,
     CancelRequested,
     Complete,
@@ -791,7 +793,10 @@ def test_cancel_acts_by_the_jobs_status(point):
             assert decided == ()
 
 
-@given(st.sampled_from(["complete", "fail", "expire", "recover", "release"]), st.integers(1, 3))
+@given(
+    st.sampled_from(["complete", "fail", "expire", "recover", "abandon_node", "release"]),
+    st.integers(1, 3),
+)
 def test_a_cancellation_requested_in_flight_takes_effect_at_the_result(ending, max_attempts):
     """Goal: an in-flight job whose cancellation was requested keeps running; its
     next Fail, expiry, abandonment or release makes it cancelled, a Complete completed.
@@ -802,7 +807,7 @@ def test_a_cancellation_requested_in_flight_takes_effect_at_the_result(ending, m
     """
     state = scenario(
         Enqueue(now_ms=0, handler="h", job_id="a", max_attempts=max_attempts, timeout_ms=5),
-        Lease(now_ms=0, worker_id="w"),
+        Lease(now_ms=0, worker_id="n-w0"),
         Cancel(now_ms=1, job_id="a"),
     )
     assert state.jobs["a"].status is IN_FLIGHT and state.jobs["a"].cancel_requested
@@ -812,6 +817,7 @@ def test_a_cancellation_requested_in_flight_takes_effect_at_the_result(ending, m
         "fail": Fail(now_ms=2, job_id="a", attempt=1, error="x"),
         "expire": Tick(now_ms=5),
         "recover": Recover(now_ms=2),
+        "abandon_node": AbandonNode(now_ms=2, node="n"),
         "release": Release(now_ms=2, job_id="a", attempt=1),
     }[ending]
     ended, state = step(state, command)
@@ -1044,6 +1050,7 @@ def hostile_commands(draw: st.DrawFn, state: State, now_ms: int):
                 Tick(now_ms=now_ms, retention_ms=-1),
                 PauseQueue(now_ms=now_ms, queue="_bad"),
                 Recover(now_ms=-1),
+                AbandonNode(now_ms=now_ms, node=f"n{WORKER_SEPARATOR}1"),
             ]
         )
     )
@@ -1132,6 +1139,16 @@ def bad_tokens(bytes_max: int) -> Bad:
     )
 
 
+def bad_node_names() -> Bad:
+    """Bad tokens, and good tokens that hold the worker separator (model/nodes.py)."""
+    holding = st.builds(
+        lambda a, b: a + WORKER_SEPARATOR + b,
+        st.text(TOKEN_CHARACTERS, max_size=3),
+        st.text(TOKEN_CHARACTERS, max_size=3),
+    )
+    return st.one_of(bad_tokens(limits.NODE_NAME_BYTES_MAX), holding.map(lambda v: (v, "invalid")))
+
+
 def bad_queue_names() -> Bad:
     """Bad tokens, and good tokens that do not match ``[A-Za-z0-9][A-Za-z0-9_.:-]*``."""
     misfits = st.sampled_from(["_q", "-q", ".q", "q/1", "q#", "é", "q*", "Ω1", "q,r"])
@@ -1200,6 +1217,7 @@ FIELD_TABLE = {
         bad_tokens(limits.IDEMPOTENCY_KEY_BYTES_MAX),
         _enqueue("idempotency_key"),
     ),
+    "AbandonNode.node": ("node", bad_node_names(), lambda v: AbandonNode(now_ms=1, node=v)),
     "Lease.worker_id": (
         "worker_id",
         bad_tokens(limits.WORKER_ID_BYTES_MAX),
@@ -1267,6 +1285,7 @@ VALID_COMMANDS = {
     "PauseQueue": PauseQueue(now_ms=1, queue="q"),
     "ResumeQueue": ResumeQueue(now_ms=1, queue="q"),
     "Recover": Recover(now_ms=1),
+    "AbandonNode": AbandonNode(now_ms=1, node="n1"),
 }
 for _name, _command in VALID_COMMANDS.items():
     FIELD_TABLE[f"{_name}.now_ms"] = (

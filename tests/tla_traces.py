@@ -439,6 +439,9 @@ class ModelRun:
     # -- A run. ---------------------------------------------------------------------
 
     def run(self, commands: int) -> list[dict[str, Any]]:
+        # No AbandonNode move: BeaverQueue.tla has one process and no nodes, and it
+        # allows LeaseAbandoned only while recovering from a Crash.  A node's death is
+        # for the cluster module to model (docs/tla.md, "What the checks found").
         moves: list[tuple[Callable[[], None], int]] = [
             (self.enqueue, 6),
             (self.lease, 6),
@@ -605,7 +608,7 @@ def _node_key(node: _Node, job_ids: Sequence[str]) -> tuple[Any, ...]:
 
 def _compare_commands(node: _Node, job_ids: Sequence[str]) -> list[tuple[Command, int, int, int]]:
     """The commands tried from a node, with the requeues, recoveries and releases each
-    one uses."""
+    one uses.  Not AbandonNode: the spec has no cluster nodes (see ``ModelRun.run``)."""
     now, state = node.now_ms, node.state
     commands: list[tuple[Command, int, int, int]] = [
         (Lease(now_ms=now, worker_id="w"), 0, 0, 0),

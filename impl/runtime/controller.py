@@ -74,6 +74,7 @@ from beaverq.model import (
     evolve,
     limits,
     next_ready_job,
+    worker_id_of,
 )
 from beaverq.model.errors import BrokenInvariant
 
@@ -130,13 +131,13 @@ class Controller:
             capacity=pool.capacity,
             horizon_s=self._options.dispatch_horizon_s,
         )
+        # A slot per task the pool holds (leases go durable while workers run), named by
+        # model/nodes.py's rule; made before the committer's thread: a bad runner_id raises.
+        self._free_slots = [worker_id_of(runner_id, i) for i in reversed(range(pool.capacity))]
         self._state = state
         self.stats = Stats()
         self._observers = Observers(self.stats)
         self._committer: Committer = self._new_committer()
-        # A slot per task the pool can hold (running or waiting), so that a lease
-        # can be made durable while the workers still run the previous ones.
-        self._free_slots = [f"{runner_id}-w{index}" for index in reversed(range(pool.capacity))]
         self._busy_slots: set[str] = set()
         # R3: one result per outstanding task, at most one task per slot (+1: the
         # result loop's stop sentinel).

@@ -14,7 +14,8 @@ from .dispatch_window import HORIZON_S_DEFAULT
 class ControllerOptions:
     """How a controller runs: its loops' periods, its snapshot policy, its retention."""
 
-    runner_id: str | None = None  # worker ids are "<runner_id>-w<n>"; default p<pid>
+    # The node's name: worker ids are model.worker_id_of(runner_id, n); default p<pid>.
+    runner_id: str | None = None
     tick_interval_s: float = 0.05  # the timeout loop's period
     snapshot_interval_s: float = 2.0  # the original design: "e.g. every 2 s"
     snapshot_every_events: int = SNAPSHOT_EVERY_EVENTS_DEFAULT

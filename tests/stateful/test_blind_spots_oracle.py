@@ -12,7 +12,8 @@ state that holds every job field the rules read (tests/stateful/test_model_vs_or
 here,
 
 - a static check that the summary is complete: every attribute of a job that the rules
-  (``model/decide.py``, ``model/recovery.py``, ``model/state.py``) read is in it, so two
+  (``model/decide.py``, ``model/recovery.py``, ``model/state.py``, ``model/nodes.py``)
+  read, properties such as ``lease_worker_id`` included, is in it, so two
   states with the same summary get the same decisions;
 - a property test of one job's long life (up to 250 leases: releases, failures, expiries,
   abandonments, requeues in any order, any backoff base and cap, any jitter seed), run
@@ -49,7 +50,7 @@ from beaverq.model import (
 
 MODEL = Path(__file__).resolve().parents[2] / "model"
 #: The files whose code decides: the rules, recovery, and the state's own queries.
-RULE_FILES = ("decide.py", "recovery.py", "state.py")
+RULE_FILES = ("decide.py", "recovery.py", "state.py", "nodes.py")
 #: Names the rules bind a job to (``job.status``, ``oldest.finished_at_ms``, ...).
 JOB_NAMES = r"(?:job|best|oldest|new|existing|found|current)"
 
@@ -57,7 +58,9 @@ JOB_NAMES = r"(?:job|best|oldest|new|existing|found|current)"
 def test_the_summary_holds_every_job_field_the_rules_read() -> None:
     """If a rule starts reading a job field the summary leaves out, the differential
     test could no longer see a disagreement in it: this fails first, naming the field."""
-    job_fields = {field.name for field in attrs.fields(Job)} | {"job_id"}
+    # A property is read like a field (job_id, lease_worker_id), so it counts as one.
+    properties = {name for name, value in vars(Job).items() if isinstance(value, property)}
+    job_fields = {field.name for field in attrs.fields(Job)} | properties
     read: set[str] = set()
     for name in RULE_FILES:
         text = (MODEL / name).read_text()

@@ -37,6 +37,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from beaverq.model import (
     FINISHED,
+    AbandonNode,
     Cancel,
     Command,
     Complete,
@@ -87,6 +88,7 @@ SUMMARY_JOB_FIELDS = frozenset(
         "ready_lsn",
         "ready_at_ms",
         "lease_expires_at_ms",
+        "lease_worker_id",
         "finished_at_ms",
         "result_json",
     }
@@ -107,6 +109,7 @@ def job_summary(job: Job) -> dict[str, object]:
         "ready_lsn": job.ready_lsn if status in _WAITING else None,
         "ready_at_ms": job.ready_at_ms if status is JobStatus.DELAYED else None,
         "lease_expires_at_ms": job.lease_expires_at_ms if status is JobStatus.IN_FLIGHT else None,
+        "lease_worker_id": job.lease_worker_id,  # None unless in flight
         "finished_at_ms": job.finished_at_ms if status in FINISHED else None,
         "result_json": job.result_json if status is JobStatus.COMPLETED else None,
     }
@@ -224,6 +227,11 @@ BAD_QUEUES = ("", "-q", "q q", "é", "q/1", "q\udfff", "q" * 65)
 ARGS = ("null", "[1, 2]", '{"x": "y"}')
 BAD_JSON = ("", "{", "NaN", "[Infinity]", "nul", '"\ud800"')
 TOO_LARGE_JSON = "[" + "0," * 40_000 + "0]"  # 80 KB of valid JSON
+# Workers of nodes n1 and n2 (the runtime's "<node>-w<index>"), and ids of no node's
+# shape: "w1", a leading zero, the separator twice.  NODES adds n3, which holds nothing.
+WORKERS = ("w1", "n1-w0", "n1-w1", "n2-w0", "n1-w01", "n1-w0-w1")
+NODES = ("n1", "n2", "n3")
+BAD_NODES = ("", "n 1", "n\t", "n1-w", "-w", "n" * 65, "n\ud800")
 
 small_dt = st.sampled_from([0, 0, 1, 5, 50, 200, 1_000])
 jitter_seeds = st.one_of(st.integers(0, 7), st.integers(0, 2**64 - 1))
@@ -313,9 +321,9 @@ class ModelVsOracle(RuleBasedStateMachine):
     def enqueue_then_lease(self, dt: int, fields: dict[str, Any]) -> None:
         # A second way in, so that jobs reach IN_FLIGHT often within 50 steps.
         self.run(Enqueue(now_ms=self.advance(dt), **fields))
-        self.run(Lease(now_ms=self.now, worker_id="w1"))
+        self.run(Lease(now_ms=self.now, worker_id="n1-w0"))
 
-    @rule(dt=small_dt, worker_id=st.sampled_from(["w1", "w2"]))
+    @rule(dt=small_dt, worker_id=st.sampled_from(WORKERS))
     def lease(self, dt: int, worker_id: str) -> None:
         self.run(Lease(now_ms=self.advance(dt), worker_id=worker_id))
 
@@ -381,6 +389,10 @@ class ModelVsOracle(RuleBasedStateMachine):
     def recover(self, dt: int) -> None:
         self.run(Recover(now_ms=self.advance(dt)))
 
+    @rule(dt=small_dt, node=st.sampled_from(NODES))
+    def abandon_node(self, dt: int, node: str) -> None:
+        self.run(AbandonNode(now_ms=self.advance(dt), node=node))
+
     @rule(dt=small_dt, data=st.data())
     def cancel(self, dt: int, data: st.DataObject) -> None:
         job_id = self.pick_job(
@@ -402,7 +414,17 @@ class ModelVsOracle(RuleBasedStateMachine):
     @rule(
         dt=small_dt,
         what=st.sampled_from(
-            ["enqueue", "job_id", "attempt", "worker_id", "queue", "tick", "now_ms", "now_ms"]
+            [
+                "enqueue",
+                "job_id",
+                "attempt",
+                "worker_id",
+                "queue",
+                "tick",
+                "node",
+                "now_ms",
+                "now_ms",
+            ]
         ),
         data=st.data(),
     )
@@ -452,6 +474,8 @@ class ModelVsOracle(RuleBasedStateMachine):
             queue = data.draw(st.sampled_from(BAD_QUEUES))
             kind = data.draw(st.sampled_from([PauseQueue, ResumeQueue]))
             command = kind(now_ms=now, queue=queue)
+        elif what == "node":
+            command = AbandonNode(now_ms=now, node=data.draw(st.sampled_from(BAD_NODES)))
         elif what == "tick":
             command = Tick(
                 now_ms=now,
@@ -467,6 +491,7 @@ class ModelVsOracle(RuleBasedStateMachine):
                         Lease(now_ms=bad_now, worker_id="w1"),
                         Tick(now_ms=bad_now),
                         Recover(now_ms=bad_now),
+                        AbandonNode(now_ms=bad_now, node="n1"),
                         Cancel(now_ms=bad_now, job_id="a"),
                         PauseQueue(now_ms=bad_now, queue="q"),
                         Enqueue(now_ms=bad_now, handler="h"),
