@@ -309,6 +309,13 @@ class EtcdClient:
             revision=int(payload["header"].get("revision", 0)),
         )
 
+    def count(self, key: bytes, range_end: bytes = b"") -> int:
+        """How many keys [key, range_end) holds, without reading them."""
+        body: dict[str, Any] = {"key": _b64(key), "count_only": True}
+        if range_end:
+            body["range_end"] = _b64(range_end)
+        return int(self.call("/v3/kv/range", body).get("count", 0))
+
     def put(self, key: bytes, value: bytes, *, lease: int = 0) -> int:
         body = Put(key, value, lease).to_json()["request_put"]
         payload = self.call("/v3/kv/put", body)

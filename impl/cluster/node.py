@@ -219,7 +219,7 @@ class ClusterNode:
         holders = {
             node_of_worker(state.jobs[job_id].history[-1].worker_id) for job_id in state.in_flight
         }
-        for node in sorted(holders - alive):
+        for node in sorted(node for node in holders if node is not None and node not in alive):
             remote_leases.abandon_node(controller, node)
 
     def _step_down(self, *, graceful: bool) -> None:
@@ -259,21 +259,25 @@ class ClusterNode:
     def answer_op(self, body: bytes) -> dict[str, Any]:
         """An operation from a client: done here if this node leads; else a change is
         forwarded to the leader, and a read answered from this node's fold."""
+        # "retry": the refusal is about the cluster (no leader yet, a leader stepping
+        # down), not the command: cluster_client.py asks again, with the same identity.
         controller = self._controller
         if controller is not None:
             reply = answer(controller, body)
             reply["lsn"] = controller.state.last_lsn
+            if not reply["ok"] and (controller.failure is not None or not self.is_leader):
+                reply["retry"] = True
             return reply
         if _is_read(body):
             view = StateView(self.follower.state, {"cluster": self.options.cluster})
             return answer(view, body)
         peer = self._peer_client()
         if peer is None:
-            return {"ok": False, "error": "no leader is elected yet: try again shortly"}
+            return {"ok": False, "retry": True, "error": "no leader is elected yet"}
         try:
             reply = peer.call("/v1/op", body)
         except LeaderUnreachable as error:
-            return {"ok": False, "error": f"the leader did not answer ({error}); try again"}
+            return {"ok": False, "retry": True, "error": f"the leader did not answer ({error})"}
         # Read your writes: a later read on this node sees this change.
         self.follower.wait_for(int(reply.get("lsn", 0)), READ_YOUR_WRITE_S)
         return reply

@@ -49,6 +49,7 @@ from .cli_args import (
     seconds,
     usage,
 )
+from .cli_cluster import add_cluster, run_cluster
 from .cli_run import add_run, run_run
 
 SEED_MAX = 2**64 - 1
@@ -162,8 +163,11 @@ def _run_wal(args: argparse.Namespace) -> int:
 def _execute(args: argparse.Namespace, op: str, params: dict[str, Any]) -> Any:
     """Run ``op`` via a runner if one answers, else on the data directory itself;
     ``CommandFailed`` carries the one-line error."""
+    from .cli_cluster import cluster_urls, execute_on_cluster
     from .control import execute
 
+    if cluster_urls(args) is not None:
+        return execute_on_cluster(args, op, params)
     return execute(data_dir(args), op, params)
 
 
@@ -475,6 +479,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "resume": _queue_command("resume", "resume a paused queue", "Resume leasing queue Q's jobs."),
     "demo": (_add_demo, _run_demo),
+    "cluster": (add_cluster, run_cluster),
 }
 #: Commands whose unknown options are passed on to their own parser.
 PASS_ON = frozenset({"demo"})

@@ -46,6 +46,19 @@ def add_global_options(parser: argparse.ArgumentParser, default: object) -> None
         help="folder holding the queue's log and snapshots (for the commands that keep "
         "state; 'simulate' keeps none and ignores it)",
     )
+    parser.add_argument(
+        "--cluster",
+        metavar="URLS",
+        default=default,
+        help="etcd client URLs, comma-separated: use a beaverq cluster instead of a data "
+        "directory (default $BEAVERQ_CLUSTER; docs/cluster.md)",
+    )
+    parser.add_argument(
+        "--cluster-name",
+        metavar="NAME",
+        default=default,
+        help="which beaverq cluster on that etcd (default $BEAVERQ_CLUSTER_NAME or 'default')",
+    )
 
 
 Subparsers = argparse._SubParsersAction  # shorthand for the annotations below

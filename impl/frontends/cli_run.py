@@ -18,6 +18,7 @@ from beaverq.impl.runtime.dispatch_window import HORIZON_S_DEFAULT
 from beaverq.model.errors import BrokenInvariant
 
 from .cli_args import PROG, Parser, Subparsers, data_dir, fail, int_between, seconds
+from .cli_cluster import add_node_options, cluster_urls, run_node
 
 
 def add_run(subparsers: Subparsers[Parser]) -> Parser:
@@ -86,6 +87,7 @@ def add_run(subparsers: Subparsers[Parser]) -> Parser:
         metavar="SECONDS",
         help="how long running jobs may finish on stop (default 10)",
     )
+    add_node_options(parser)
     return parser
 
 
@@ -100,6 +102,12 @@ def run_run(args: argparse.Namespace) -> int:
             registry.import_module(module)
     except (ImportError, ValueError, TypeError) as error:
         return fail(f"--import: {error}")
+    if cluster_urls(args) is not None:
+        signals = _Signals()
+        try:
+            return run_node(args, registry, signals.stop)
+        finally:
+            signals.restore()
     runner = Runner(
         data_dir(args),
         registry,

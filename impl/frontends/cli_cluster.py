@@ -1,0 +1,167 @@
+"""The cluster on the command line: ``cluster up``, ``cluster status``, ``run --cluster``,
+and every queue command with ``--cluster URLS`` (docs/cluster.md).
+
+``--cluster`` takes etcd's client URLs, comma-separated (or ``$BEAVERQ_CLUSTER``);
+``--cluster-name`` picks one of several beaverq clusters on the same etcd (default
+"default", or ``$BEAVERQ_CLUSTER_NAME``).  With them, a queue command asks a node of
+the cluster instead of a data directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import tempfile
+import threading
+from typing import Any
+
+from .cli_args import PROG, Parser, Subparsers, fail, int_between
+
+CLUSTER_VARIABLE = "BEAVERQ_CLUSTER"
+CLUSTER_NAME_VARIABLE = "BEAVERQ_CLUSTER_NAME"
+
+
+def cluster_urls(args: argparse.Namespace) -> list[str] | None:
+    text = getattr(args, "cluster", None) or os.environ.get(CLUSTER_VARIABLE)
+    if not text:
+        return None
+    return [url.strip() for url in text.split(",") if url.strip()]
+
+
+def cluster_name(args: argparse.Namespace) -> str:
+    name = getattr(args, "cluster_name", None) or os.environ.get(CLUSTER_NAME_VARIABLE)
+    return name or "default"
+
+
+def execute_on_cluster(args: argparse.Namespace, op: str, params: dict[str, Any]) -> Any:
+    from beaverq.impl.cluster.cluster_client import ClusterCommandFailed, execute
+
+    from .control import CommandFailed
+
+    urls = cluster_urls(args)
+    if urls is None:
+        raise CommandFailed("no cluster given")
+    try:
+        return execute(urls, cluster_name(args), op, params)
+    except ClusterCommandFailed as error:
+        raise CommandFailed(str(error)) from None
+
+
+# -- beaverq cluster up | status ----------------------------------------------------------
+
+
+def add_cluster(subparsers: Subparsers[Parser]) -> Parser:
+    parser = subparsers.add_parser(
+        "cluster",
+        help="start a local etcd cluster to try beaverq's cluster mode; show a cluster",
+        description="'cluster up' starts etcd members on 127.0.0.1 (etcd from the system "
+        "package) and runs until SIGINT/SIGTERM; 'cluster status' shows a cluster's "
+        "leader, epoch, nodes, lag, log size and etcd quota use.",
+    )
+    actions = parser.add_subparsers(dest="action", required=True, parser_class=Parser)
+    up = actions.add_parser("up", help="start N local etcd members until stopped")
+    up.add_argument("--members", type=int_between(1, 7), default=3, metavar="N")
+    up.add_argument("--dir", metavar="DIR", help="where the members keep their data")
+    actions.add_parser("status", help="leader, epoch, nodes, lag, log size, quota use")
+    return parser
+
+
+def run_cluster(args: argparse.Namespace) -> int:
+    if args.action == "up":
+        return _cluster_up(args)
+    return _cluster_status(args)
+
+
+def _cluster_up(args: argparse.Namespace) -> int:
+    from beaverq.impl.cluster.etcd_members import EtcdMembers, EtcdMembersError
+
+    base = args.dir or tempfile.mkdtemp(prefix="beaverq-etcd-")
+    stop = threading.Event()
+    previous = {
+        number: signal.signal(number, lambda *_: stop.set())
+        for number in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        with EtcdMembers.start(args.members, base) as members:
+            members.wait_ready(30.0)
+            urls = ",".join(members.client_urls)
+            print(f"{PROG}: {args.members} etcd members up under {base}", file=sys.stderr)
+            print(f"export {CLUSTER_VARIABLE}={urls}", flush=True)
+            stop.wait()
+            print(f"{PROG}: stopping the etcd members", file=sys.stderr)
+    except EtcdMembersError as error:
+        return fail(str(error))
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    return 0
+
+
+def _cluster_status(args: argparse.Namespace) -> int:
+    from beaverq.impl.cluster.status import ClusterStatusFailed, cluster_status
+
+    urls = cluster_urls(args)
+    if urls is None:
+        return fail(f"cluster status needs --cluster URLS (or ${CLUSTER_VARIABLE})")
+    try:
+        report = cluster_status(urls, cluster_name(args))
+    except ClusterStatusFailed as error:
+        return fail(str(error))
+    print(json.dumps(report, indent=2, sort_keys=True))
+    return 0
+
+
+# -- beaverq run --cluster ------------------------------------------------------------------
+
+
+def add_node_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--node", metavar="NAME", help="this node's name (default n<pid>)")
+    parser.add_argument(
+        "--rpc-host", default="127.0.0.1", metavar="HOST", help="RPC address (default 127.0.0.1)"
+    )
+    parser.add_argument(
+        "--rpc-port",
+        type=int_between(0, 65535),
+        default=0,
+        metavar="PORT",
+        help="RPC port (default 0: any free port; the registration says which)",
+    )
+
+
+def run_node(args: argparse.Namespace, registry: Any, stop: threading.Event) -> int:
+    """``run --cluster``: join the cluster as a node until ``stop`` is set."""
+    from beaverq.impl.cluster.etcd_client import EtcdError
+    from beaverq.impl.cluster.node import ClusterNode, NodeOptions
+
+    urls = cluster_urls(args)
+    if urls is None:
+        return fail("no cluster given")
+    name = args.node or f"n{os.getpid()}"
+    try:
+        node = ClusterNode(
+            urls,
+            registry,
+            NodeOptions(
+                node=name,
+                cluster=cluster_name(args),
+                rpc_host=args.rpc_host,
+                rpc_port=args.rpc_port,
+                workers=args.workers,
+            ),
+        )
+        node.start()
+    except (EtcdError, OSError, ValueError) as error:
+        return fail(f"cannot join cluster {cluster_name(args)!r} at {','.join(urls)}: {error}")
+    print(
+        f"{PROG}: node {name} of cluster {cluster_name(args)!r} serving {node.rpc.url} with "
+        f"{args.workers} workers",
+        file=sys.stderr,
+        flush=True,
+    )
+    stop.wait()
+    node.stop(args.grace)
+    print(f"{PROG}: node {name} stopped", file=sys.stderr, flush=True)
+    return 0
