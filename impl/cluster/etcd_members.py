@@ -59,6 +59,7 @@ from .member_support import (
     log_tail,
     request_json,
     signal_group,
+    wait_exited,
     wait_until,
 )
 from .netns import MEMBERS_MAX, Netns
@@ -86,6 +87,8 @@ NETNS_CLIENT_PORT = 2379
 NETNS_PEER_PORT = 2380
 #: ``stop`` waits this long after SIGTERM before it SIGKILLs (etcd exits in ~0.1 s).
 STOP_GRACE_S = 5.0
+#: ``stop`` asks who leads with this timeout: a healthy local member answers in ms.
+STOP_STATUS_TIMEOUT_S = 0.5
 #: How long ``start`` waits for the members to listen before it calls the start failed.
 LISTEN_TIMEOUT_S = 10.0
 #: A free port can be taken by another process before etcd binds it; ``start`` retries.
@@ -253,8 +256,11 @@ class EtcdMembers:
     def client_urls(self) -> tuple[str, ...]:
         return tuple(spec.client_url for spec in self.specs)
 
-    def _argv(self, index: int, cluster_state: str) -> list[str]:
-        spec = self.specs[index]
+    def command_line(self, index: int, cluster_state: str) -> list[str]:
+        """How member ``index`` is run; ``cluster_state`` is "new" or "existing"."""
+        if cluster_state not in ("new", "existing"):
+            raise ValueError(f"cluster_state is 'new' or 'existing', not {cluster_state!r}")
+        spec = self.specs[self._check_index(index)]
         initial_cluster = ",".join(f"{each.name}={each.peer_url}" for each in self.specs)
         listen_client_urls = spec.client_url
         if self.netns is not None:
@@ -283,7 +289,7 @@ class EtcdMembers:
     def _launch(self, index: int, cluster_state: str) -> None:
         spec = self.specs[index]
         spec.data_dir.parent.mkdir(parents=True, exist_ok=True)
-        argv = self._argv(index, cluster_state)
+        argv = self.command_line(index, cluster_state)
         # Appended, so a restarted member's log follows its earlier life.
         with spec.log_path.open("ab") as log:
             log.write(f"--- beaverq starts: {' '.join(argv)}\n".encode())
@@ -348,19 +354,20 @@ class EtcdMembers:
             return request_json(url, body, timeout_s=timeout_s)
         return self.netns.call_in_hub(request_json, url, body, timeout_s=timeout_s)
 
-    def status(self, index: int) -> MemberStatus | None:
+    def status(self, index: int, *, timeout_s: float = HTTP_TIMEOUT_S) -> MemberStatus | None:
         """Member ``index``'s status, or None if it is not running or does not answer."""
         if not self.is_running(index):
             return None
         try:
-            return MemberStatus.from_json(self.request(index, "/v3/maintenance/status", {}))
+            answer = self.request(index, "/v3/maintenance/status", {}, timeout_s=timeout_s)
         except EtcdRequestFailed:
             return None
+        return MemberStatus.from_json(answer)
 
-    def statuses(self) -> tuple[MemberStatus | None, ...]:
-        return tuple(self.status(i) for i in range(len(self.specs)))
+    def statuses(self, *, timeout_s: float = HTTP_TIMEOUT_S) -> tuple[MemberStatus | None, ...]:
+        return tuple(self.status(i, timeout_s=timeout_s) for i in range(len(self.specs)))
 
-    def leader_index(self) -> int | None:
+    def leader_index(self, *, timeout_s: float = HTTP_TIMEOUT_S) -> int | None:
         """The index of the member that leads, or None if none answers as leader.
 
         A member counts if its own status names itself leader.  Just after a partition
@@ -369,7 +376,7 @@ class EtcdMembers:
         so of several claims the highest term wins."""
         claims = [
             (status.raft_term, index)
-            for index, status in enumerate(self.statuses())
+            for index, status in enumerate(self.statuses(timeout_s=timeout_s))
             if status is not None and status.is_leader
         ]
         return max(claims)[1] if claims else None
@@ -429,18 +436,23 @@ class EtcdMembers:
 
     def stop(self) -> None:
         """Stop every member: SIGTERM, then SIGKILL whatever is left after
-        ``STOP_GRACE_S``.  Idempotent, and safe after a partial start."""
-        started = [process for process in self._processes if process is not None]
-        for process in started:
-            if not has_exited(process):
-                signal_group(process, signal.SIGTERM)
-        # Whatever has not stopped when the grace ends is SIGKILLed below.
-        with contextlib.suppress(EtcdTimeout):
-            wait_until(
-                lambda: True if all(has_exited(p) for p in started) else None,
-                timeout_s=STOP_GRACE_S,
-                what="members stopping after SIGTERM",
-            )
+        ``STOP_GRACE_S``.  Idempotent, and safe after a partial start.
+
+        The followers go first and the leader last.  A leader that gets SIGTERM hands
+        its leadership to a connected follower before it exits; were the followers
+        stopping at the same moment it would wait for a transfer that cannot finish,
+        until the SIGKILL (measured: the full grace).  Alone, it finds no follower to
+        hand to and exits at once.  If no leader answers, all are stopped together."""
+        leader = self.leader_index(timeout_s=STOP_STATUS_TIMEOUT_S)
+        followers = [p for i, p in enumerate(self._processes) if p is not None and i != leader]
+        last = self._processes[leader] if leader is not None else None
+        for group in (followers, [last] if last is not None else []):
+            for process in group:
+                if not has_exited(process):
+                    signal_group(process, signal.SIGTERM)
+            # Whatever has not stopped when the grace ends is SIGKILLed below.
+            with contextlib.suppress(EtcdTimeout):
+                wait_exited(group, timeout_s=STOP_GRACE_S)
         for index, leftover in enumerate(self._processes):
             if leftover is not None:
                 kill_group_and_reap(leftover)

@@ -17,7 +17,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -138,6 +138,15 @@ def has_exited(process: subprocess.Popen[bytes]) -> bool:
         return os.waitid(os.P_PID, process.pid, flags) is not None
     except ChildProcessError:
         return True  # reaped elsewhere
+
+
+def wait_exited(processes: Sequence[subprocess.Popen[bytes]], *, timeout_s: float) -> None:
+    """Wait until every process has exited (without reaping); ``EtcdTimeout`` if not."""
+    wait_until(
+        lambda: True if all(map(has_exited, processes)) else None,
+        timeout_s=timeout_s,
+        what=f"{len(processes)} processes exiting",
+    )
 
 
 def signal_group(process: subprocess.Popen[bytes], signal_number: int) -> None:
