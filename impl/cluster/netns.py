@@ -124,9 +124,21 @@ def new_prefix() -> str:
     return f"bq{os.getpid()}{secrets.token_hex(2)}"
 
 
+def find_ip() -> str | None:
+    """The ``ip`` binary (iproute2): on PATH, or in the sbin folders that a Debian
+    user's PATH leaves out; None if it is nowhere."""
+    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+    return shutil.which("ip", path=search)
+
+
+def ip_command() -> str:
+    """``find_ip()``, or just "ip" (running that then fails with a clear error)."""
+    return find_ip() or "ip"
+
+
 def _run_ip(args: Sequence[str]) -> None:
     """Run one ``ip`` command; a failure raises with the command and ip's own words."""
-    command = ["ip", *args]
+    command = [ip_command(), *args]
     try:
         done = subprocess.run(
             command, capture_output=True, text=True, timeout=IP_TIMEOUT_S, check=False
@@ -147,10 +159,10 @@ def netns_available() -> str | None:
     made and deleted."""
     if sys.platform != "linux":
         return f"network namespaces need Linux, not {sys.platform}"
-    if shutil.which("ip") is None:
-        return "the 'ip' command is missing: install it with 'apt-get install iproute2'"
     if os.geteuid() != 0:
         return f"making network namespaces needs root (this process's euid is {os.geteuid()})"
+    if find_ip() is None:
+        return "the 'ip' command is missing: install it with 'apt-get install iproute2'"
     probe = f"{new_prefix()}-probe"
     try:
         _run_ip(["netns", "add", probe])
@@ -235,11 +247,11 @@ class Netns:
 
     def hub_argv(self, argv: Sequence[str]) -> list[str]:
         """The command line that runs ``argv`` inside the hub (where clients belong)."""
-        return ["ip", "netns", "exec", self.layout.hub, *argv]
+        return [ip_command(), "netns", "exec", self.layout.hub, *argv]
 
     def member_argv(self, index: int, argv: Sequence[str]) -> list[str]:
         """The command line that runs ``argv`` inside member ``index``'s namespace."""
-        return ["ip", "netns", "exec", self.layout.member(index), *argv]
+        return [ip_command(), "netns", "exec", self.layout.member(index), *argv]
 
     def run_in_hub(
         self, argv: Sequence[str], *, timeout_s: float
