@@ -443,6 +443,11 @@ def _run_demo(args: argparse.Namespace) -> int:
     from beaverq.teaching.demo import run_demo
 
     argv = list(args.passed_on)
+    if getattr(args, "cluster", None) is not None:
+        # 'demo --cluster': 3 etcd members and 3 nodes of its own (teaching/cluster_demo.py).
+        from beaverq.teaching.cluster_demo import run_cluster_demo
+
+        return run_cluster_demo(argv)
     if getattr(args, "data_dir", None):
         argv = ["--data-dir", args.data_dir, *argv]
     return run_demo(argv)

@@ -49,6 +49,8 @@ def add_global_options(parser: argparse.ArgumentParser, default: object) -> None
     parser.add_argument(
         "--cluster",
         metavar="URLS",
+        nargs="?",
+        const="",  # given without URLs: $BEAVERQ_CLUSTER's ('demo --cluster' starts its own)
         default=default,
         help="etcd client URLs, comma-separated: use a beaverq cluster instead of a data "
         "directory (default $BEAVERQ_CLUSTER; docs/cluster.md)",
