@@ -62,6 +62,9 @@ class NodeOptions:
     workers: int = 4
     queue_max: int = 60  # tasks leased ahead of the workers, per node
     group_commit_delay_s: float = 0.002
+    # For fault tests (tests/test_cluster_nemesis.py): this node's wall clock reads this
+    # many milliseconds ahead (negative: behind).  The model must not care (FloorClock).
+    clock_skew_ms: int = 0
     controller: ControllerOptions = attrs.field(factory=ControllerOptions)
 
 
@@ -74,6 +77,20 @@ class FloorClock:
 
     def now_ms(self) -> int:
         return max(self._inner.now_ms(), self._floor_ms)
+
+    def monotonic(self) -> float:
+        return self._inner.monotonic()
+
+
+class SkewedClock:
+    """A clock ``skew_ms`` off the inner one: a node whose NTP is wrong."""
+
+    def __init__(self, inner: Clock, skew_ms: int) -> None:
+        self._inner = inner
+        self._skew_ms = skew_ms
+
+    def now_ms(self) -> int:
+        return max(0, self._inner.now_ms() + self._skew_ms)
 
     def monotonic(self) -> float:
         return self._inner.monotonic()
@@ -106,7 +123,9 @@ class ClusterNode:
     ) -> None:
         self.options = options
         self.keys = ClusterKeys(options.cluster)
-        self._clock = clock or SystemClock()
+        self._clock: Clock = clock or SystemClock()
+        if options.clock_skew_ms:
+            self._clock = SkewedClock(self._clock, options.clock_skew_ms)
         self.client = EtcdClient(etcd_urls)
         self.log = EtcdLog(self.client, self.keys)
         self.follower = LogFollower(self.log)

@@ -129,6 +129,18 @@ def add_node_options(parser: argparse.ArgumentParser) -> None:
         metavar="PORT",
         help="RPC port (default 0: any free port; the registration says which)",
     )
+    add_fault_options(parser)
+
+
+def add_fault_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--clock-skew-ms",
+        type=int_between(-3_600_000, 3_600_000),
+        default=0,
+        metavar="MS",
+        help="for fault tests: this node's wall clock reads MS milliseconds ahead "
+        "(negative: behind)",
+    )
 
 
 def run_node(args: argparse.Namespace, registry: Any, stop: threading.Event) -> int:
@@ -150,6 +162,7 @@ def run_node(args: argparse.Namespace, registry: Any, stop: threading.Event) -> 
                 rpc_host=args.rpc_host,
                 rpc_port=args.rpc_port,
                 workers=args.workers,
+                clock_skew_ms=args.clock_skew_ms,
             ),
         )
         node.start()
