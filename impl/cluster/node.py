@@ -165,11 +165,17 @@ class ClusterNode:
         self.client.close()
 
     def kill(self) -> None:
-        """For tests in one process: stop as a crash would, without a word to etcd."""
+        """For tests in one process: stop as a crash would.  Nothing is said to etcd (the
+        lease runs out by itself); no result is sent; the leader's controller halts."""
         self._stop.set()
+        self.membership.abandon()
+        self.workers.halt()
         with self._lock:
-            if self._controller is not None:
-                self._controller.halt()
+            controller, self._controller = self._controller, None
+        if controller is not None:
+            controller.halt()
+        self.rpc.stop()
+        self.follower.stop()
 
     @property
     def is_leader(self) -> bool:
