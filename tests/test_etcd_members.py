@@ -20,21 +20,26 @@ from __future__ import annotations
 
 import base64
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
 
+import attrs
 import pytest
 
+from beaverq.impl.cluster import etcd_members
 from beaverq.impl.cluster.etcd_members import (
     QUOTA_BACKEND_BYTES_DEFAULT,
+    EtcdMemberExited,
     EtcdMembers,
     EtcdNotInstalled,
+    MemberSpec,
     MemberStatus,
     member_specs,
     wait_until,
 )
-from beaverq.impl.cluster.netns import Netns, NetnsLayout, netns_available
+from beaverq.impl.cluster.netns import Netns, NetnsError, NetnsLayout, netns_available, new_prefix
 
 #: A fresh cluster is ready in ~2 s (cluster research 2); shared CI cores are slower.
 READY_TIMEOUT_S = 30.0
@@ -161,6 +166,59 @@ def test_no_etcd_is_a_named_error_saying_how_to_install(
     assert not (tmp_path / "etcd").exists()
 
 
+def _namespaces() -> str:
+    return subprocess.run(
+        ["ip", "netns", "list"], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def test_a_failed_build_deletes_only_what_it_made() -> None:
+    """A name clash halfway through ``Netns.create`` (member 1's namespace exists
+    already) is an error, and what the build had made (the hub, member 0) is deleted,
+    while the namespace it did not make is left alone."""
+    reason = netns_available()
+    if reason is not None:
+        pytest.skip(reason)
+    prefix = new_prefix()
+    subprocess.run(["ip", "netns", "add", f"{prefix}-m1"], check=True)
+    try:
+        with pytest.raises(NetnsError, match=f"{prefix}-m1"):
+            Netns.create(3, prefix=prefix)
+        listed = _namespaces()
+        assert f"{prefix}-hub" not in listed
+        assert f"{prefix}-m0" not in listed
+        assert f"{prefix}-m1" in listed
+    finally:
+        subprocess.run(["ip", "netns", "delete", f"{prefix}-m1"], check=True)
+
+
+@needs_etcd
+def test_a_member_that_cannot_start_is_an_error_quoting_its_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A member whose port is taken exits; ``start`` tries again with the same (forced)
+    ports up to its limit, then raises ``EtcdMemberExited`` quoting etcd's log, and the
+    members that did start are stopped."""
+    base = tmp_path / "etcd"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        specs = member_specs(2, base, None)
+        port = taken.getsockname()[1]
+        clashing = (specs[0], attrs.evolve(specs[1], peer_url=f"http://127.0.0.1:{port}"))
+        planned: list[int] = []
+
+        def plan(*_: object) -> tuple[MemberSpec, ...]:
+            planned.append(1)
+            return clashing
+
+        monkeypatch.setattr(etcd_members, "member_specs", plan)
+        with pytest.raises(EtcdMemberExited, match="address already in use"):
+            EtcdMembers.start(2, base)
+    assert len(planned) == etcd_members.START_ATTEMPTS_MAX
+    assert _etcd_processes_under(base) == []
+
+
 @needs_etcd
 def test_a_killed_leader_is_replaced_and_rejoins(tmp_path: Path) -> None:
     """Kill the leader of 3: the other two elect a new one, a write acknowledged before
@@ -230,5 +288,4 @@ def test_a_partitioned_leader_is_replaced_and_rejoins_after_the_heal(tmp_path: P
         assert _get(members, leader, "during-partition") == "2"
         names = netns.layout.namespaces()
     assert _etcd_processes_under(base) == []
-    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
-    assert [name for name in names if name in listed.stdout] == []
+    assert [name for name in names if name in _namespaces()] == []
