@@ -218,8 +218,11 @@ class EtcdMembers:
             raise ValueError(f"a local cluster has 1 to {MEMBERS_MAX} members, not {count}")
         if netns is not None and netns.layout.count < count:
             raise ValueError(f"{count} members need {count} namespaces; netns has fewer")
+        if quota_backend_bytes <= 0:  # etcd reads 0 as "its default": say it instead
+            raise ValueError(f"quota_backend_bytes must be positive, not {quota_backend_bytes}")
         etcd_path = find_etcd()
-        base = Path(base_dir)
+        # Absolute, so the command lines name the directories whatever etcd's cwd.
+        base = Path(base_dir).absolute()
         for attempt in range(1, START_ATTEMPTS_MAX + 1):
             specs = member_specs(count, base, netns)
             for spec in specs:
@@ -443,7 +446,7 @@ class EtcdMembers:
         stopping at the same moment it would wait for a transfer that cannot finish,
         until the SIGKILL (measured: the full grace).  Alone, it finds no follower to
         hand to and exits at once.  If no leader answers, all are stopped together."""
-        leader = self.leader_index(timeout_s=STOP_STATUS_TIMEOUT_S)
+        leader = self._leader_for_stop()
         followers = [p for i, p in enumerate(self._processes) if p is not None and i != leader]
         last = self._processes[leader] if leader is not None else None
         for group in (followers, [last] if last is not None else []):
@@ -458,6 +461,14 @@ class EtcdMembers:
                 kill_group_and_reap(leftover)
                 self._processes[index] = None
         atexit.unregister(self.stop)
+
+    def _leader_for_stop(self) -> int | None:
+        """The leader, if it can be learnt quickly; stopping must not fail for want of
+        it (at interpreter exit the namespaces may already be gone, for instance)."""
+        try:
+            return self.leader_index(timeout_s=STOP_STATUS_TIMEOUT_S)
+        except Exception:  # any failure only means the members are stopped together
+            return None
 
     def __enter__(self) -> EtcdMembers:
         return self

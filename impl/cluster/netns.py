@@ -34,6 +34,7 @@ namespace whose name is deleted lives on while a process is in it.
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import ctypes
 import functools
@@ -214,6 +215,9 @@ class Netns:
         if reason is not None:
             raise NetnsUnavailable(reason)
         netns = cls(NetnsLayout(prefix=prefix or new_prefix(), count=count))
+        # A run that ends without reaching destroy() must not leave namespaces behind.
+        # atexit runs last-in first-out, so members started after this stop before.
+        atexit.register(netns.destroy)
         try:
             netns._build()
         except BaseException:
@@ -310,6 +314,8 @@ class Netns:
         made = [name for name in self.layout.namespaces() if name in self._made]
         failures = [failure for failure in map(_delete_namespace, made) if failure]
         self._made = [name for name in made if _namespace_exists(name)]  # to retry
+        if not self._made:
+            atexit.unregister(self.destroy)
         if failures:
             raise NetnsError("could not delete every namespace: " + "; ".join(failures))
 
