@@ -39,6 +39,7 @@ from beaverq.impl.cluster.etcd_members import (
     member_specs,
     wait_until,
 )
+from beaverq.impl.cluster.member_support import active_peer_count
 from beaverq.impl.cluster.netns import Netns, NetnsError, NetnsLayout, netns_available, new_prefix
 
 #: A fresh cluster is ready in ~2 s (cluster research 2); shared CI cores are slower.
@@ -109,6 +110,21 @@ def test_member_status_reads_the_gateway_json() -> None:
     assert not follower.is_leader
     lost = MemberStatus.from_json({"header": {"member_id": "7"}})
     assert (lost.leader_id, lost.is_leader, lost.raft_term) == ("", False, 0)
+
+
+def test_active_peers_are_counted_from_the_metrics() -> None:
+    """``stop`` waits for the leader to count no active peer; the count is the sum of
+    the per-peer gauges, and other metrics with the same stem do not count."""
+    metrics = "\n".join(
+        [
+            "# TYPE etcd_network_active_peers gauge",
+            'etcd_network_active_peers{Local="a",Remote="b"} 1',
+            'etcd_network_active_peers{Local="a",Remote="c"} 0',
+            'etcd_network_active_peers_total{Local="a"} 7',
+        ]
+    )
+    assert active_peer_count(metrics) == 1
+    assert active_peer_count("") == 0
 
 
 def test_the_flags_are_the_measured_ones(tmp_path: Path) -> None:
