@@ -233,8 +233,9 @@ class Netns:
         for bridge in ("brc", "brp"):
             _run_ip(["-n", hub, "link", "add", bridge, "type", "bridge"])
             _run_ip(["-n", hub, "link", "set", bridge, "up"])
-        # The hub has an address on the client network only: clients live here, and a
-        # hub address on the peer network would let raft traffic route round a cut.
+        # The hub has an address on the client network only: clients live here and have
+        # no business at the peer ports.  No namespace here forwards between the two
+        # networks, so a cut peer link cannot be bypassed through the client network.
         _run_ip(["-n", hub, "addr", "add", f"{HUB_CLIENT_ADDRESS}/24", "dev", "brc"])
         for index in range(layout.count):
             self._build_member(index)
