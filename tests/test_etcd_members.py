@@ -22,6 +22,7 @@ import base64
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -302,6 +303,16 @@ def test_a_partitioned_leader_is_replaced_and_rejoins_after_the_heal(tmp_path: P
             lambda: _one_agreed_leader(members), timeout_s=ELECTION_TIMEOUT_S, what="one leader"
         )
         assert _get(members, leader, "during-partition") == "2"
+        # A client process in the hub (as a beaverq node would run) reaches every member.
+        probe = "; ".join(
+            [
+                "import sys, urllib.request",
+                "opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))",
+                "print([opener.open(u + '/health', timeout=5).read() for u in sys.argv[1:]])",
+            ]
+        )
+        answer = netns.run_in_hub([sys.executable, "-c", probe, *members.client_urls], timeout_s=30)
+        assert (answer.returncode, answer.stdout.count('"health":"true"')) == (0, 3), answer
         names = netns.layout.namespaces()
     assert _etcd_processes_under(base) == []
     assert [name for name in names if name in _namespaces()] == []
