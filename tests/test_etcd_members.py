@@ -13,28 +13,35 @@ no command line names the test's base directory.  Without ``etcd`` on PATH the
 cluster tests skip with the install hint; without namespaces (not root, no ``ip``, a
 container without CAP_SYS_ADMIN) the partition test skips with the reason.
 
-The two cluster tests take about 15 s together on 2 shared cores.
+The file takes 7 to 13 s on 2 shared cores, most of it in the two cluster tests.
 """
 
 from __future__ import annotations
 
 import base64
 import shutil
+import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
+import attrs
 import pytest
 
+from beaverq.impl.cluster import etcd_members
 from beaverq.impl.cluster.etcd_members import (
     QUOTA_BACKEND_BYTES_DEFAULT,
+    EtcdMemberExited,
     EtcdMembers,
     EtcdNotInstalled,
+    MemberSpec,
     MemberStatus,
     member_specs,
     wait_until,
 )
-from beaverq.impl.cluster.netns import Netns, NetnsLayout, netns_available
+from beaverq.impl.cluster.member_support import active_peer_count
+from beaverq.impl.cluster.netns import Netns, NetnsError, NetnsLayout, netns_available, new_prefix
 
 #: A fresh cluster is ready in ~2 s (cluster research 2); shared CI cores are slower.
 READY_TIMEOUT_S = 30.0
@@ -106,6 +113,21 @@ def test_member_status_reads_the_gateway_json() -> None:
     assert (lost.leader_id, lost.is_leader, lost.raft_term) == ("", False, 0)
 
 
+def test_active_peers_are_counted_from_the_metrics() -> None:
+    """``stop`` waits for the leader to count no active peer; the count is the sum of
+    the per-peer gauges, and other metrics with the same stem do not count."""
+    metrics = "\n".join(
+        [
+            "# TYPE etcd_network_active_peers gauge",
+            'etcd_network_active_peers{Local="a",Remote="b"} 1',
+            'etcd_network_active_peers{Local="a",Remote="c"} 0',
+            'etcd_network_active_peers_total{Local="a"} 7',
+        ]
+    )
+    assert active_peer_count(metrics) == 1
+    assert active_peer_count("") == 0
+
+
 def test_the_flags_are_the_measured_ones(tmp_path: Path) -> None:
     """Pre-vote on, no auto-compaction, v2 off, the quota explicit; a restart says
     ``existing``; in a namespace the member runs under ``ip netns exec``."""
@@ -159,6 +181,59 @@ def test_no_etcd_is_a_named_error_saying_how_to_install(
     with pytest.raises(EtcdNotInstalled, match="apt-get install etcd-server"):
         EtcdMembers.start(1, tmp_path / "etcd")
     assert not (tmp_path / "etcd").exists()
+
+
+def _namespaces() -> str:
+    return subprocess.run(
+        ["ip", "netns", "list"], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def test_a_failed_build_deletes_only_what_it_made() -> None:
+    """A name clash halfway through ``Netns.create`` (member 1's namespace exists
+    already) is an error, and what the build had made (the hub, member 0) is deleted,
+    while the namespace it did not make is left alone."""
+    reason = netns_available()
+    if reason is not None:
+        pytest.skip(reason)
+    prefix = new_prefix()
+    subprocess.run(["ip", "netns", "add", f"{prefix}-m1"], check=True)
+    try:
+        with pytest.raises(NetnsError, match=f"{prefix}-m1"):
+            Netns.create(3, prefix=prefix)
+        listed = _namespaces()
+        assert f"{prefix}-hub" not in listed
+        assert f"{prefix}-m0" not in listed
+        assert f"{prefix}-m1" in listed
+    finally:
+        subprocess.run(["ip", "netns", "delete", f"{prefix}-m1"], check=True)
+
+
+@needs_etcd
+def test_a_member_that_cannot_start_is_an_error_quoting_its_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A member whose port is taken exits; ``start`` tries again with the same (forced)
+    ports up to its limit, then raises ``EtcdMemberExited`` quoting etcd's log, and the
+    members that did start are stopped."""
+    base = tmp_path / "etcd"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        specs = member_specs(2, base, None)
+        port = taken.getsockname()[1]
+        clashing = (specs[0], attrs.evolve(specs[1], peer_url=f"http://127.0.0.1:{port}"))
+        planned: list[int] = []
+
+        def plan(*_: object) -> tuple[MemberSpec, ...]:
+            planned.append(1)
+            return clashing
+
+        monkeypatch.setattr(etcd_members, "member_specs", plan)
+        with pytest.raises(EtcdMemberExited, match="address already in use"):
+            EtcdMembers.start(2, base)
+    assert len(planned) == etcd_members.START_ATTEMPTS_MAX
+    assert _etcd_processes_under(base) == []
 
 
 @needs_etcd
@@ -228,7 +303,16 @@ def test_a_partitioned_leader_is_replaced_and_rejoins_after_the_heal(tmp_path: P
             lambda: _one_agreed_leader(members), timeout_s=ELECTION_TIMEOUT_S, what="one leader"
         )
         assert _get(members, leader, "during-partition") == "2"
+        # A client process in the hub (as a beaverq node would run) reaches every member.
+        probe = "; ".join(
+            [
+                "import sys, urllib.request",
+                "opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))",
+                "print([opener.open(u + '/health', timeout=5).read() for u in sys.argv[1:]])",
+            ]
+        )
+        answer = netns.run_in_hub([sys.executable, "-c", probe, *members.client_urls], timeout_s=30)
+        assert (answer.returncode, answer.stdout.count('"health":"true"')) == (0, 3), answer
         names = netns.layout.namespaces()
     assert _etcd_processes_under(base) == []
-    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
-    assert [name for name in names if name in listed.stdout] == []
+    assert [name for name in names if name in _namespaces()] == []

@@ -58,19 +58,25 @@ class EtcdRequestFailed(EtcdMembersError):
     """An HTTP request to a member failed (no answer, an error status, or not JSON)."""
 
 
-def request_json(url: str, body: JsonObject | None, *, timeout_s: float) -> JsonObject:
-    """POST ``body`` as JSON to ``url`` (GET if None) and return the JSON answer."""
+def request_bytes(url: str, body: JsonObject | None, *, timeout_s: float) -> bytes:
+    """POST ``body`` as JSON to ``url`` (GET if None) and return the raw answer."""
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method="GET" if body is None else "POST")
     request.add_header("Content-Type", "application/json")
     try:
         with _OPENER.open(request, timeout=timeout_s) as response:
-            raw = response.read()
+            raw: bytes = response.read()
+            return raw
     except urllib.error.HTTPError as error:
         detail = error.read()[:300].decode(errors="replace")
         raise EtcdRequestFailed(f"{url}: HTTP {error.code}: {detail}") from error
     except (OSError, ValueError) as error:  # URLError, timeouts, resets are OSErrors
         raise EtcdRequestFailed(f"{url}: {error}") from error
+
+
+def request_json(url: str, body: JsonObject | None, *, timeout_s: float) -> JsonObject:
+    """POST ``body`` as JSON to ``url`` (GET if None) and return the JSON answer."""
+    raw = request_bytes(url, body, timeout_s=timeout_s)
     try:
         answer = json.loads(raw)
     except ValueError as error:
@@ -78,6 +84,17 @@ def request_json(url: str, body: JsonObject | None, *, timeout_s: float) -> Json
     if not isinstance(answer, dict):
         raise EtcdRequestFailed(f"{url}: JSON but not an object: {raw[:200]!r}")
     return answer
+
+
+def active_peer_count(metrics: str) -> int:
+    """How many peers a member counts as active, from its Prometheus ``/metrics`` text:
+    the sum of its ``etcd_network_active_peers`` gauges (one per remote peer, 0 or 1)."""
+    prefix = "etcd_network_active_peers"
+    return sum(
+        round(float(line.rsplit(" ", 1)[1]))
+        for line in metrics.splitlines()
+        if line.startswith((prefix + "{", prefix + " "))
+    )
 
 
 def wait_until(condition: Callable[[], T | None], *, timeout_s: float, what: str) -> T:

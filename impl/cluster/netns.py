@@ -34,6 +34,7 @@ namespace whose name is deleted lives on while a process is in it.
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import ctypes
 import functools
@@ -178,9 +179,13 @@ def netns_available() -> str | None:
     return None
 
 
+def _namespace_exists(name: str) -> bool:
+    return os.path.exists(os.path.join(NETNS_RUN_DIR, name))
+
+
 def _delete_namespace(name: str) -> str | None:
     """Delete one namespace; None if it is gone (or never was), else the failure."""
-    if not os.path.exists(os.path.join(NETNS_RUN_DIR, name)):
+    if not _namespace_exists(name):
         return None
     try:
         _run_ip(["netns", "delete", name])
@@ -197,6 +202,9 @@ class Netns:
         self.layout = layout
         self._hub_thread: concurrent.futures.ThreadPoolExecutor | None = None
         self._destroyed = False
+        # Only what this object made is deleted: after a name clash the namespace of
+        # that name is someone else's (another run, or a hand-made one).
+        self._made: list[str] = []
 
     @classmethod
     def create(cls, count: int, *, prefix: str | None = None) -> Netns:
@@ -207,6 +215,9 @@ class Netns:
         if reason is not None:
             raise NetnsUnavailable(reason)
         netns = cls(NetnsLayout(prefix=prefix or new_prefix(), count=count))
+        # A run that ends without reaching destroy() must not leave namespaces behind.
+        # atexit runs last-in first-out, so members started after this stop before.
+        atexit.register(netns.destroy)
         try:
             netns._build()
         except BaseException:
@@ -217,13 +228,14 @@ class Netns:
     def _build(self) -> None:
         layout = self.layout
         hub = layout.hub
-        _run_ip(["netns", "add", hub])
+        self._add_namespace(hub)
         _run_ip(["-n", hub, "link", "set", "lo", "up"])
         for bridge in ("brc", "brp"):
             _run_ip(["-n", hub, "link", "add", bridge, "type", "bridge"])
             _run_ip(["-n", hub, "link", "set", bridge, "up"])
-        # The hub has an address on the client network only: clients live here, and a
-        # hub address on the peer network would let raft traffic route round a cut.
+        # The hub has an address on the client network only: clients live here and have
+        # no business at the peer ports.  No namespace here forwards between the two
+        # networks, so a cut peer link cannot be bypassed through the client network.
         _run_ip(["-n", hub, "addr", "add", f"{HUB_CLIENT_ADDRESS}/24", "dev", "brc"])
         for index in range(layout.count):
             self._build_member(index)
@@ -231,7 +243,7 @@ class Netns:
     def _build_member(self, index: int) -> None:
         layout = self.layout
         hub, member = layout.hub, layout.member(index)
-        _run_ip(["netns", "add", member])
+        self._add_namespace(member)
         _run_ip(["-n", member, "link", "set", "lo", "up"])
         links = (
             (layout.client_link(index), "client", "brc", layout.client_address(index)),
@@ -244,6 +256,10 @@ class Netns:
             _run_ip(["-n", hub, "link", "set", hub_end, "master", bridge, "up"])
             _run_ip(["-n", member, "addr", "add", f"{address}/24", "dev", member_end])
             _run_ip(["-n", member, "link", "set", member_end, "up"])
+
+    def _add_namespace(self, name: str) -> None:
+        _run_ip(["netns", "add", name])
+        self._made.append(name)
 
     def hub_argv(self, argv: Sequence[str]) -> list[str]:
         """The command line that runs ``argv`` inside the hub (where clients belong)."""
@@ -289,13 +305,18 @@ class Netns:
         _run_ip(["-n", self.layout.hub, "link", "set", self.layout.peer_link(index), "up"])
 
     def destroy(self) -> None:
-        """Delete every namespace of the run.  Idempotent; each namespace is tried even
-        if an earlier one fails, and the failures are raised together at the end."""
+        """Delete every namespace this object made, members first, the hub last.
+        Idempotent; each namespace is tried even if an earlier one fails, and the
+        failures are raised together at the end."""
         if self._hub_thread is not None:
             self._hub_thread.shutdown(wait=True)
             self._hub_thread = None
         self._destroyed = True
-        failures = [f for f in map(_delete_namespace, self.layout.namespaces()) if f]
+        made = [name for name in self.layout.namespaces() if name in self._made]
+        failures = [failure for failure in map(_delete_namespace, made) if failure]
+        self._made = [name for name in made if _namespace_exists(name)]  # to retry
+        if not self._made:
+            atexit.unregister(self.destroy)
         if failures:
             raise NetnsError("could not delete every namespace: " + "; ".join(failures))
 
