@@ -51,12 +51,21 @@ DEADLINE_S = 180.0
 class NodeProcess:
     """One ``beaverq run --cluster`` process, in its own session (a SIGKILL reaches all)."""
 
-    def __init__(self, urls: Sequence[str], name: str, log_dir: Path) -> None:
+    def __init__(
+        self,
+        urls: Sequence[str],
+        name: str,
+        log_dir: Path,
+        *,
+        cluster: str = CLUSTER,
+        workers: int = 4,
+        extra: Sequence[str] = ("--import", DEMO_MODULE),
+    ) -> None:
         self.name = name
         self.argv = [
             sys.executable, "-m", "beaverq.impl.frontends.cli", "run",
-            "--cluster", ",".join(urls), "--cluster-name", CLUSTER, "--node", name,
-            "--workers", "4", "--import", DEMO_MODULE, "--grace", "2",
+            "--cluster", ",".join(urls), "--cluster-name", cluster, "--node", name,
+            "--workers", str(workers), "--grace", "2", *extra,
         ]  # fmt: skip
         self.log_path = log_dir / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -147,8 +156,8 @@ class Producer(threading.Thread):
             node.close()
 
 
-def _head_and_epoch(client: EtcdClient) -> tuple[int, int] | None:
-    keys = ClusterKeys(CLUSTER)
+def _head_and_epoch(client: EtcdClient, cluster: str = CLUSTER) -> tuple[int, int] | None:
+    keys = ClusterKeys(cluster)
     try:
         head, _revision = EtcdLog(client, keys).head()
         leader = current_leader(client, keys)

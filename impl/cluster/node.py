@@ -220,6 +220,7 @@ class ClusterNode:
             committer_factory=group_commit_factory(delay_s=self.options.group_commit_delay_s),
         )
         controller.start()
+        self.follower.pause()  # the controller folds every event now (follower.py)
         with self._lock:
             self._controller = controller
         self.leaderships += 1
@@ -252,11 +253,15 @@ class ClusterNode:
             controller, self._controller = self._controller, None
         if controller is None:
             return
-        if graceful and controller.failure is None:
-            with contextlib.suppress(Exception):
-                controller.stop(0.0)
-                return
-        controller.halt()
+        try:
+            if graceful and controller.failure is None:
+                with contextlib.suppress(Exception):
+                    controller.stop(0.0)
+                    return
+            controller.halt()
+        finally:
+            with contextlib.suppress(EtcdError):
+                self.follower.resume()  # else the watch loop's next catch-up does it
 
     def _rejoin(self) -> None:
         """The lease expired under us (a long pause): a new lease, a new registration."""
