@@ -37,12 +37,14 @@ MAY_IMPORT = {
     "beaverq.impl.storage": ("beaverq.impl.storage",),
     "beaverq.impl.runtime": ("beaverq.impl.storage", "beaverq.impl.runtime"),
     # The cluster runs the runtime on the etcd log; its RPC speaks the control
-    # protocol, so it may use the one table of operations (frontends.control).
+    # protocol, so it may use the one table of operations (frontends.control), and its
+    # metrics are the runner's with a node label (frontends.metrics).
     "beaverq.impl.cluster": (
         "beaverq.impl.storage",
         "beaverq.impl.runtime",
         "beaverq.impl.cluster",
         "beaverq.impl.frontends.control",
+        "beaverq.impl.frontends.metrics",
     ),
     "beaverq.impl.frontends": ("beaverq.impl",),
     "beaverq.teaching": ("beaverq.impl", "beaverq.teaching"),

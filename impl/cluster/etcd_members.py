@@ -475,6 +475,14 @@ class EtcdMembers:
                 self._processes[index] = None
         atexit.unregister(self.stop)
 
+    def detach(self) -> tuple[int, ...]:
+        """Leave the members running after this process exits (``cluster up --detach``);
+        their process ids, for whoever stops them later (``cluster down``)."""
+        atexit.unregister(self.stop)
+        pids = tuple(process.pid for process in self._processes if process is not None)
+        self._processes = [None] * len(self.specs)
+        return pids
+
     def _leader_for_stop(self) -> int | None:
         """The leader, if it can be learnt quickly; stopping must not fail for want of
         it (at interpreter exit the namespaces may already be gone, for instance)."""

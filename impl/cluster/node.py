@@ -181,6 +181,16 @@ class ClusterNode:
     def is_leader(self) -> bool:
         return self._controller is not None
 
+    @property
+    def controller(self) -> Controller | None:
+        """The controller this node leads with, None while it follows."""
+        return self._controller
+
+    def position(self) -> int:
+        """The last LSN this node's state reflects (its controller's while it leads)."""
+        controller = self._controller
+        return (controller.state if controller is not None else self.follower.state).last_lsn
+
     # -- leading --------------------------------------------------------------------------
 
     def _lead(self) -> None:

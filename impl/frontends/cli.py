@@ -443,11 +443,11 @@ def _run_demo(args: argparse.Namespace) -> int:
     from beaverq.teaching.demo import run_demo
 
     argv = list(args.passed_on)
-    if getattr(args, "cluster", None) is not None:
+    if "--cluster" in argv:
         # 'demo --cluster': 3 etcd members and 3 nodes of its own (teaching/cluster_demo.py).
         from beaverq.teaching.cluster_demo import run_cluster_demo
 
-        return run_cluster_demo(argv)
+        return run_cluster_demo([arg for arg in argv if arg != "--cluster"])
     if getattr(args, "data_dir", None):
         argv = ["--data-dir", args.data_dir, *argv]
     return run_demo(argv)
@@ -503,7 +503,9 @@ def build_parser() -> Parser:
     subparsers = parser.add_subparsers(dest="command", metavar="<command>", required=True)
     for add, run in COMMANDS.values():
         subparser = add(subparsers)
-        add_global_options(subparser, default=argparse.SUPPRESS)
+        add_global_options(
+            subparser, default=argparse.SUPPRESS, cluster=subparser.prog != "beaverq demo"
+        )
         subparser.set_defaults(run=run)
     return parser
 
