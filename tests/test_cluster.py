@@ -15,10 +15,12 @@ with processes, partitions and clock skew are in test_cluster_nemesis.py.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -45,6 +47,8 @@ from beaverq.impl.cluster.etcd_members import EtcdMembers
 from beaverq.impl.cluster.follower import LogFollower
 from beaverq.impl.cluster.membership import registered_nodes
 from beaverq.impl.cluster.node import ClusterNode, NodeOptions
+from beaverq.impl.cluster.node_metrics import CLUSTER_METRIC_NAMES, NodeMetrics
+from beaverq.impl.frontends.metrics import METRIC_NAMES
 from beaverq.impl.runtime.handlers import HandlerRegistry
 from beaverq.model import Enqueue, Event, State, decide, evolve, initial_state
 
@@ -288,3 +292,38 @@ def test_the_rpc_refuses_what_it_must(cluster: tuple[str, list[ClusterNode]]) ->
         assert http.post(follower.rpc.url + "/v1/nothing", json={}).status_code == 404
         bad = http.post(follower.rpc.url + "/v1/op", content=b'{"op": "explode"}')
         assert bad.json()["ok"] is False and "unknown operation" in bad.json()["error"]
+
+
+# -- metrics ------------------------------------------------------------------------------
+
+
+def test_a_nodes_metrics_carry_its_name_and_the_leader_adds_the_runners(
+    etcd: tuple[str, ...], cluster: tuple[str, list[ClusterNode]]
+) -> None:
+    name, nodes = cluster
+    ids = execute(etcd, name, "enqueue_batch", {"jobs": [{"handler": "noop"}] * 5})
+    until(lambda: _finished(etcd, name, ids))
+    for node in nodes:
+        text = NodeMetrics(node).render().decode()
+        label = f'node="{node.options.node}"'
+        for metric in CLUSTER_METRIC_NAMES:
+            assert f"{metric}{{{label}}}" in text, (metric, text)
+        assert (f"queue_jobs_completed_total{{{label}}}" in text) == node.is_leader
+    leader = next(node for node in nodes if node.is_leader)
+    assert (
+        f'queue_node_leader{{node="{leader.options.node}"}} 1.0'
+        in NodeMetrics(leader).render().decode()
+    )
+
+
+def test_the_dashboard_names_only_metrics_that_exist() -> None:
+    """Every ``queue_*`` series the Grafana dashboard queries is one beaverq serves."""
+    dashboard = json.loads(
+        (Path(__file__).parent.parent / "docs/grafana-dashboard.json").read_text()
+    )
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    named = set(re.findall(r"\bqueue_[a-z_]+", " ".join(exprs)))
+    served = set(METRIC_NAMES) | set(CLUSTER_METRIC_NAMES)
+    unknown = {n for n in named if re.sub(r"_(bucket|sum|count)$", "", n) not in served}
+    assert unknown == set()
+    assert any("queue_node_lag_events" in expr for expr in exprs)  # the cluster row is there
