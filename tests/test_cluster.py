@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -327,3 +329,43 @@ def test_the_dashboard_names_only_metrics_that_exist() -> None:
     unknown = {n for n in named if re.sub(r"_(bucket|sum|count)$", "", n) not in served}
     assert unknown == set()
     assert any("queue_node_lag_events" in expr for expr in exprs)  # the cluster row is there
+
+
+# -- the command line against a cluster -------------------------------------------------------
+
+
+def _cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "beaverq.impl.frontends.cli", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_every_queue_command_works_against_a_cluster(
+    etcd: tuple[str, ...], cluster: tuple[str, list[ClusterNode]]
+) -> None:
+    name, _nodes = cluster
+    where = ["--cluster", ",".join(etcd), "--cluster-name", name]
+    enqueued = _cli(*where, "enqueue", "sleep", '{"seconds": 5}', "--id", "long")
+    assert enqueued.returncode == 0 and enqueued.stdout.strip() == "long", enqueued.stderr
+    assert _cli(*where, "pause", "q2").returncode == 0
+    status = _cli(*where, "status")
+    assert status.returncode == 0, status.stderr
+    assert "queue q2 (paused)" in status.stdout and f"cluster {name}: 3 nodes" in status.stdout
+    assert "long" in _cli(*where, "jobs").stdout
+    assert "handler: sleep" in _cli(*where, "show", "long").stdout
+    cancelled = _cli(*where, "cancel", "long")
+    assert cancelled.returncode == 0 and cancelled.stdout.strip() in ("cancelled", "in_flight")
+    refused = _cli(*where, "requeue", "long")
+    assert refused.returncode == 1 and "requeue" in refused.stderr.lower()
+    report = json.loads(_cli(*where, "cluster", "status").stdout)
+    assert report["leader"]["node"] in {"n0", "n1", "n2"}
+    assert {node["node"] for node in report["nodes"]} == {"n0", "n1", "n2"}
+
+
+def test_a_cluster_with_no_node_is_a_clear_error(etcd: tuple[str, ...]) -> None:
+    done = _cli("--cluster", ",".join(etcd), "--cluster-name", "nobody-here", "status")
+    assert done.returncode == 1
+    assert "no beaverq node is registered in cluster 'nobody-here'" in done.stderr

@@ -307,10 +307,10 @@ class ClusterNode:
             reply["lsn"] = controller.state.last_lsn
             if not reply["ok"] and (controller.failure is not None or not self.is_leader):
                 reply["retry"] = True
-            return reply
+            return self._with_cluster(reply)
         if _is_read(body):
-            view = StateView(self.follower.state, {"cluster": self.options.cluster})
-            return answer(view, body)
+            view = StateView(self.follower.state, {"last_lsn": self.follower.state.last_lsn})
+            return self._with_cluster(answer(view, body))
         peer = self._peer_client()
         if peer is None:
             return {"ok": False, "retry": True, "error": "no leader is elected yet"}
@@ -320,6 +320,31 @@ class ClusterNode:
             return {"ok": False, "retry": True, "error": f"the leader did not answer ({error})"}
         # Read your writes: a later read on this node sees this change.
         self.follower.wait_for(int(reply.get("lsn", 0)), READ_YOUR_WRITE_S)
+        return reply
+
+    def _with_cluster(self, reply: dict[str, Any]) -> dict[str, Any]:
+        """A ``status`` answer says which node answered, who leads, and the nodes."""
+        result = reply.get("result")
+        if not (
+            reply.get("ok")
+            and isinstance(result, dict)
+            and "counts" not in result
+            and "queues" in result
+        ):
+            return reply
+        try:
+            nodes = registered_nodes(self.client, self.keys)
+            leader = current_leader(self.client, self.keys)
+        except EtcdError:
+            nodes, leader = {}, None
+        result["cluster"] = {
+            "name": self.options.cluster,
+            "answered_by": self.options.node,
+            "leader": None if leader is None else leader[0],
+            "epoch": None if leader is None else leader[1],
+            "nodes": sorted(nodes),
+            "workers": sum(info.workers for info in nodes.values()),
+        }
         return reply
 
     def _leader_port(self) -> LeaderPort | None:

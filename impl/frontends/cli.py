@@ -305,7 +305,15 @@ def _format_status(status: dict[str, Any]) -> str:
             lines.append(f"queue {name} (paused): no jobs")
     recovery = status["recovery"]
     runtime = status.get("runtime")
-    if runtime is None:
+    cluster = status.get("cluster")
+    if cluster is not None:
+        lines.append(
+            f"cluster {cluster['name']}: {len(cluster['nodes'])} nodes "
+            f"({', '.join(cluster['nodes'])}), {cluster['workers']} workers; leader "
+            f"{cluster['leader']} (epoch {cluster['epoch']}); answered by "
+            f"{cluster['answered_by']} at LSN {status['last_lsn']}"
+        )
+    elif runtime is None:
         lines.append(
             f"runner: none; state at LSN {recovery['last_lsn']} read from the data "
             f"directory in {recovery['seconds']:.3f} s (the runner's last recovery "
