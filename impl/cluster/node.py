@@ -22,7 +22,7 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import attrs
@@ -32,9 +32,12 @@ from beaverq.impl.runtime import remote_leases
 from beaverq.impl.runtime.clock import Clock, SystemClock
 from beaverq.impl.runtime.committers import group_commit_factory
 from beaverq.impl.runtime.controller import Controller
+from beaverq.impl.runtime.errors import ControllerFailed, ControllerStopped
+from beaverq.impl.runtime.gc_policy import release_tuning, tune_for_long_lived_state
 from beaverq.impl.runtime.handlers import HandlerRegistry
 from beaverq.impl.runtime.options import ControllerOptions
 from beaverq.impl.runtime.workers import Task, TaskResult, ThreadPool
+from beaverq.impl.storage.wal import WalFailed
 from beaverq.model.nodes import node_of_worker
 
 from .etcd_client import EtcdClient, EtcdError
@@ -97,19 +100,32 @@ class SkewedClock:
 
 
 class _LocalLeader:
-    """The LeaderPort of the node that leads: straight to its controller."""
+    """The LeaderPort of the node that leads: straight to its controller.  A controller
+    that failed or stopped is, to the workers, a leader that does not answer: they keep
+    their results for the next one (node_workers.py)."""
 
     def __init__(self, node: ClusterNode) -> None:
         self._node = node
 
     def lease(self, worker_ids: Sequence[str]) -> list[Task]:
-        return self._node.lease(worker_ids)
+        with _unreachable_if_not_leading():
+            return self._node.lease(worker_ids)
 
     def results(self, results: Sequence[TaskResult]) -> None:
-        self._node.record_results(results)
+        with _unreachable_if_not_leading():
+            self._node.record_results(results)
 
     def abandon_node(self, node: str) -> int:
-        return self._node.abandon_node(node)
+        with _unreachable_if_not_leading():
+            return self._node.abandon_node(node)
+
+
+@contextlib.contextmanager
+def _unreachable_if_not_leading() -> Iterator[None]:
+    try:
+        yield
+    except (NotLeader, ControllerFailed, ControllerStopped, WalFailed) as error:
+        raise LeaderUnreachable(f"this node no longer leads: {error}") from error
 
 
 class ClusterNode:
@@ -142,11 +158,16 @@ class ClusterNode:
         self._peer_checked_at = -LEADER_CACHE_S
         self._thread = threading.Thread(target=self._lead, name="beaverq-leading", daemon=True)
         self.leaderships = 0  # times this node became leader
+        self._tuned = False
 
     # -- life ---------------------------------------------------------------------------
 
     def start(self) -> None:
         self.follower.start()
+        # As a runner does (impl/runtime/gc_policy.py): the cyclic collector rescans the
+        # whole long-lived state otherwise (docs/performance.md, "Cluster").
+        tune_for_long_lived_state()
+        self._tuned = True
         self.rpc.start()
         self.membership.join()
         self.workers.start()
@@ -163,6 +184,7 @@ class ClusterNode:
         self.rpc.stop()
         self.follower.stop()
         self.client.close()
+        self._release_tuning()
 
     def kill(self) -> None:
         """For tests in one process: stop as a crash would.  Nothing is said to etcd (the
@@ -176,6 +198,12 @@ class ClusterNode:
             controller.halt()
         self.rpc.stop()
         self.follower.stop()
+        self._release_tuning()
+
+    def _release_tuning(self) -> None:
+        if self._tuned:
+            self._tuned = False
+            release_tuning()
 
     @property
     def is_leader(self) -> bool:
