@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Callable
 
 from beaverq.model import State, initial_state
 
@@ -26,10 +27,17 @@ from .etcd_log import EtcdLog, LogEntry, decode_entry, fold_entry
 #: After a broken watch or an etcd error, wait this long before reading again.
 RETRY_S = 0.2
 
+#: (LSN of the state, etcd revision) -> a state from a checkpoint to continue from
+#: (and the time of its last event), or None to read the log (snapshots.py).
+Restorer = Callable[[int, int], "tuple[State, int] | None"]
+
 
 class LogFollower:
-    def __init__(self, log: EtcdLog, state: State | None = None) -> None:
+    def __init__(
+        self, log: EtcdLog, state: State | None = None, *, restore: Restorer | None = None
+    ) -> None:
         self._log = log
+        self._restore = restore
         self._state = state or initial_state()
         self._last_at_ms = 0
         self._revision = 0  # the etcd revision the state reflects the log at
@@ -75,6 +83,16 @@ class LogFollower:
     def catch_up(self) -> int:
         """Read the log up to its head as of now (linearizably); the LSN reached."""
         head, revision = self._log.head()
+        if self._restore is not None:
+            # The log before ``compacted`` may be gone, or a checkpoint far ahead:
+            # both read at ``revision``, the same cut as the entries below.
+            restored = self._restore(self._state.last_lsn, revision)
+            if restored is not None:
+                with self._changed:
+                    if restored[0].last_lsn > self._state.last_lsn:
+                        self._state = restored[0]
+                        self._last_at_ms = max(self._last_at_ms, restored[1])
+                        self._changed.notify_all()
         for entry in self._log.entries_after(self._state.last_lsn, revision=revision):
             self._fold(entry)
         with self._changed:

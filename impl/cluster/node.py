@@ -44,6 +44,8 @@ from .log_writer import EtcdLogWriter
 from .membership import Membership, NodeInfo, current_leader, registered_nodes
 from .node_workers import LeaderPort, LeaderUnreachable, NodeWorkers, NoWorkers
 from .rpc import NotLeader, RpcClient, RpcServer
+from .snapshot_loop import LeaderSnapshots, SnapmarkPublisher
+from .snapshots import SNAPSHOT_EVERY_EVENTS, SNAPSHOT_INTERVAL_S, CheckpointSource
 
 #: How often the leader looks for departed nodes (their leases to abandon).
 DEPARTURES_EVERY_S = 0.5
@@ -62,6 +64,9 @@ class NodeOptions:
     workers: int = 4
     queue_max: int = 60  # tasks leased ahead of the workers, per node
     group_commit_delay_s: float = 0.002
+    # The leader's checkpoints into etcd (snapshots.py): they bound the log in etcd.
+    snapshot_every_events: int = SNAPSHOT_EVERY_EVENTS
+    snapshot_interval_s: float = SNAPSHOT_INTERVAL_S
     controller: ControllerOptions = attrs.field(factory=ControllerOptions)
 
 
@@ -109,7 +114,8 @@ class ClusterNode:
         self._clock = clock or SystemClock()
         self.client = EtcdClient(etcd_urls)
         self.log = EtcdLog(self.client, self.keys)
-        self.follower = LogFollower(self.log)
+        self.checkpoints = CheckpointSource(self.client, self.keys)
+        self.follower = LogFollower(self.log, restore=self.checkpoints.restore_if_behind)
         self.rpc = RpcServer(options.rpc_host, options.rpc_port, self)
         self.membership = Membership(
             self.client, self.keys, NodeInfo(options.node, self.rpc.url, options.workers)
@@ -122,6 +128,14 @@ class ClusterNode:
         self._peer: RpcClient | None = None
         self._peer_checked_at = -LEADER_CACHE_S
         self._thread = threading.Thread(target=self._lead, name="beaverq-leading", daemon=True)
+        self.snapmarks = SnapmarkPublisher(
+            self.client,
+            self.keys,
+            options.node,
+            lambda: self.follower.state.last_lsn,
+            lambda: self.membership.lease,
+        )
+        self.snapshots: LeaderSnapshots | None = None  # while leading
         self.leaderships = 0  # times this node became leader
 
     # -- life ---------------------------------------------------------------------------
@@ -130,6 +144,7 @@ class ClusterNode:
         self.follower.start()
         self.rpc.start()
         self.membership.join()
+        self.snapmarks.start()
         self.workers.start()
         self._thread.start()
 
@@ -141,6 +156,7 @@ class ClusterNode:
         self.membership.leave()  # ends a waiting campaign, too
         self._thread.join()
         self._step_down(graceful=True)
+        self.snapmarks.stop()
         self.rpc.stop()
         self.follower.stop()
         self.client.close()
@@ -180,7 +196,14 @@ class ClusterNode:
     def _take_over(self, leader_key: Any) -> None:
         self.follower.catch_up()  # the head as of now: nothing older than our epoch is missing
         state = self.follower.state
-        writer = EtcdLogWriter(self.log, leader_key, state.last_lsn)
+        snapshots = LeaderSnapshots(self.client, self.keys, leader_key)
+        writer = EtcdLogWriter(
+            self.log,
+            leader_key,
+            state.last_lsn,
+            snapshot=lambda state: snapshots.take(state, writer.last_at_ms),
+            last_at_ms=self.follower.last_at_ms,
+        )
         controller = Controller(
             writer,
             state,
@@ -191,12 +214,19 @@ class ClusterNode:
                 runner_id=self.options.node,
                 cluster_member=True,
                 final_snapshot=False,
+                snapshot_every_events=self.options.snapshot_every_events,
+                snapshot_interval_s=self.options.snapshot_interval_s,
+                # Only dirty buckets are rewritten, so the single-node rule against
+                # rewriting every job for a short tail does not apply.
+                snapshot_tail_per_job=0.0,
             ),
             committer_factory=group_commit_factory(delay_s=self.options.group_commit_delay_s),
         )
         controller.start()
         with self._lock:
             self._controller = controller
+            self.snapshots = snapshots
+        snapshots.start()  # a checkpoint asked for before this waits for it
         self.leaderships += 1
         self._abandon_departed(controller)
 
@@ -225,6 +255,9 @@ class ClusterNode:
     def _step_down(self, *, graceful: bool) -> None:
         with self._lock:
             controller, self._controller = self._controller, None
+            snapshots, self.snapshots = self.snapshots, None
+        if snapshots is not None:
+            snapshots.stop()
         if controller is None:
             return
         if graceful and controller.failure is None:
