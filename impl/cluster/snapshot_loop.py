@@ -44,6 +44,9 @@ from .snapshots import (
 
 log = logging.getLogger(__name__)
 
+#: How often a compaction that a live node's snapmark held off is tried again.
+COMPACT_RETRY_S = 2.0
+
 
 # -- compaction -----------------------------------------------------------------------
 
@@ -125,6 +128,7 @@ class LeaderSnapshots:
         self._cond = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="beaverq-checkpoint", daemon=True)
+        self._target: tuple[int, int] | None = None  # (LSN, revision) to compact up to
         self.written = 0
         self.compactions: list[Compaction] = []
         self.failure: BaseException | None = None
@@ -157,32 +161,44 @@ class LeaderSnapshots:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while self._due is None and not self._stopping:
-                    self._cond.wait()
+                if self._due is None and not self._stopping:
+                    # A compaction held off by a node that has not published its
+                    # snapmark yet is tried again after a while, not only on the next
+                    # checkpoint (which a quiet queue may not take for a long time).
+                    self._cond.wait(COMPACT_RETRY_S if self._target is not None else None)
                 if self._stopping:
                     return
                 due, self._due = self._due, None
-            if due is None:
-                continue
             try:
-                self.checkpoint(*due)
+                if due is not None:
+                    self.checkpoint(*due)
+                else:
+                    self.compact()
             except (EtcdError, SnapshotRefused) as error:
                 # The log is the record; a missed checkpoint only delays compaction.
-                log.warning("beaverq: checkpoint at LSN %d not written: %s", due[0].last_lsn, error)
+                log.warning("beaverq: checkpoint or compaction failed: %s", error)
                 self.failure = error
             with self._cond:
                 self._cond.notify_all()
 
     def checkpoint(self, state: State, at_ms: int) -> None:
-        previous = self.writer.manifest
         self.writer.write(state, at_ms, self._leader)
         self.written += 1
-        if previous is not None:
-            done = compact_log(
-                self._client, self._keys, previous.lsn, self.writer.previous_revision, self._leader
-            )
-            if done is not None:
-                self.compactions.append(done)
+        if self.writer.previous_lsn:
+            self._target = (self.writer.previous_lsn, self.writer.previous_revision)
+        self.compact()
+
+    def compact(self) -> None:
+        """Delete the log behind the previous checkpoint (see the class's comment)."""
+        if self._target is None:
+            return
+        upto, revision = self._target
+        done = compact_log(self._client, self._keys, upto, revision, self._leader)
+        if done is not None:
+            self.compactions.append(done)
+        found = self._client.get(self._keys.compacted)
+        if found is not None and int(found.value) >= upto:
+            self._target = None
 
 
 class SnapmarkPublisher:

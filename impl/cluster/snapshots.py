@@ -227,6 +227,7 @@ class CheckpointWriter:
         self._state: State | None = None  # the state of _manifest, for the identity diff
         self._loaded = False
         self.previous_revision = 0  # the manifest revision before the newest one
+        self.previous_lsn = 0  # and its LSN
         self.last: WriteFigures | None = None
 
     @property
@@ -304,6 +305,7 @@ class CheckpointWriter:
         )
         revision = self._put_manifest(manifest, previous, leader)
         self.previous_revision = self._manifest_revision
+        self.previous_lsn = 0 if previous is None else previous.lsn
         self._manifest, self._manifest_revision, self._state = manifest, revision, state
         self.last = WriteFigures(
             lsn=lsn,
