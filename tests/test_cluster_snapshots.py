@@ -356,6 +356,9 @@ def test_a_full_quota_stops_the_leader_naming_it_and_loses_nothing_acknowledged(
         try:
             assert wait_until(lambda: node.is_leader, 10)
             controller = node._controller
+            # Paused: no worker leases a job, so none has a result to report to the
+            # failed leader while the node stops.
+            assert op(node, "pause", queue="default")["ok"]
             payload = "x" * 60_000
             for number in range(400):
                 job_id = f"big{number}"
