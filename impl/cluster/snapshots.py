@@ -420,7 +420,7 @@ def read_checkpoint(client: EtcdClient, keys: ClusterKeys, *, revision: int = 0)
     values = _read_parts(client, keys, at, manifest.part_keys())
     jobs: list[Job] = []
     for bucket in manifest.buckets:
-        bucket_jobs = []
+        bucket_jobs: list[Job] = []
         for part in bucket.parts:
             bucket_jobs.extend(_verified(values, part).jobs)
         if len(bucket_jobs) != bucket.jobs:
