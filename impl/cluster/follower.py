@@ -14,7 +14,6 @@ refused by the head compare anyway (etcd_log.py), but it would fail for nothing.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -113,24 +112,28 @@ class LogFollower:
 
     def _run(self) -> None:
         keys = self._log.keys
+        resync = False
         while not self._stop.is_set():
             try:
+                if resync:
+                    # A broken stream or a compacted revision: read by range (or from the
+                    # checkpoint, if the log behind the state is deleted), then watch
+                    # again.  Inside the try: a checkpoint that cannot be loaded is loud.
+                    self._stop.wait(RETRY_S)
+                    self.catch_up()
+                    resync = False
                 for change in self._log.client.watch(
                     keys.log_prefix,
                     prefix_end(keys.log_prefix),
                     start_revision=self._revision + 1,
                     stop=self._stop,
                 ):
-                    if not change.deleted:  # deletions are compaction (snapshots.py)
+                    if not change.deleted:  # deletions are compaction (snapshot_loop.py)
                         self._fold(decode_entry(change.kv.key, change.kv.value))
                     with self._changed:
                         self._revision = max(self._revision, change.kv.mod_revision)
             except EtcdError:
-                # A broken stream or a compacted revision: read by range from where the
-                # state is, then watch again.
-                self._stop.wait(RETRY_S)
-                with contextlib.suppress(EtcdError):
-                    self.catch_up()
+                resync = True
             except BaseException as error:  # a corrupt log: loud, to every waiter
                 with self._changed:
                     self.failure = error
