@@ -239,6 +239,13 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--timeout", type=float, default=120.0, help="give up after this many seconds"
     )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="the cluster's story instead: 3 etcd members, 3 nodes, the leader node and "
+        "an etcd member SIGKILLed (teaching/cluster_demo.py; needs etcd: "
+        "'apt-get install etcd-server'); with --jobs, --seed and --dir",
+    )
     args = parser.parse_args(list(argv) if argv is not None else None)
     if args.jobs < 5:
         parser.error("--jobs must be at least 5 (one of each kind)")

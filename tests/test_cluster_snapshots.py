@@ -10,19 +10,22 @@ leader with a message naming it, and loses no acknowledged job.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import attrs
 import pytest
-from cluster_support import etcd_member, needs_etcd
 from hypothesis import HealthCheck, given, settings
 from strategies import histories
 
 from beaverq.impl.cluster.etcd_client import EtcdClient, LeaderKey
 from beaverq.impl.cluster.etcd_log import ClusterKeys, EtcdLog, LogCorrupt
+from beaverq.impl.cluster.etcd_members import EtcdMembers
 from beaverq.impl.cluster.follower import LogFollower
 from beaverq.impl.cluster.membership import NodeInfo
 from beaverq.impl.cluster.node import ClusterNode, NodeOptions
@@ -42,7 +45,16 @@ from beaverq.impl.cluster.snapshots import (
 from beaverq.impl.runtime.handlers import HandlerRegistry
 from beaverq.model import Enqueue, Event, Lease, State, decide, evolve, initial_state
 
-pytestmark = needs_etcd
+pytestmark = pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd is not installed")
+
+
+@contextlib.contextmanager
+def etcd_member(base_dir: Path, *, quota_bytes: int = 0) -> Iterator[str]:
+    """One member (etcd_members.py), ready; its client URL."""
+    quota = {"quota_backend_bytes": quota_bytes} if quota_bytes else {}
+    with EtcdMembers.start(1, base_dir, **quota) as members:  # type: ignore[arg-type]
+        members.wait_ready(30.0)
+        yield members.client_urls[0]
 
 
 @pytest.fixture(scope="module")
@@ -333,9 +345,11 @@ def test_the_leader_checkpoints_compacts_and_a_new_node_starts_from_it(etcd_url)
         other = ClusterNode([etcd_url], HandlerRegistry(), node_options("b", cluster))
         other.start()
         assert other.checkpoints.loads == 1
-        target = leader.follower.state.last_lsn
-        assert other.follower.wait_for(target, 10)
-        assert other.follower.state.jobs == leader.follower.state.jobs
+        controller = leader._controller  # the leader's follower is paused while it leads
+        assert controller is not None
+        target = controller.state
+        assert other.follower.wait_for(target.last_lsn, 10)
+        assert other.follower.state.jobs == target.jobs
     finally:
         # The leader first: a waiting campaign ends only when the leader's key goes
         # (revoking the candidate's own lease does not end it in etcd 3.4).

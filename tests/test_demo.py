@@ -4,6 +4,9 @@ on a small job count, and says so in its accounting lines."""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -50,3 +53,30 @@ def test_the_mix_has_every_kind_and_the_right_count():
     assert len(mix) == 200
     assert {kind for kind, _request in mix} == {"noop", "sleep", "flaky", "fail", "timeout"}
     assert job_mix(200, seed=3) == mix  # one seed, one mix
+
+
+@pytest.mark.skipif(
+    shutil.which("etcd") is None,
+    reason="etcd is not on PATH: install it with 'apt-get install etcd-server'",
+)
+def test_cluster_demo_passes_through_the_cli(tmp_path):
+    """``beaverq demo --cluster``: 3 etcd members, 3 nodes, the leader node and the etcd
+    leader SIGKILLed; the accounting from every member's log holds (about 30 s)."""
+    argv = [sys.executable, "-m", "beaverq.impl.frontends.cli", "demo", "--cluster"]
+    done = subprocess.run(
+        [*argv, "--jobs", "600", "--dir", str(tmp_path / "demo")],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    for expected in (
+        "identical yes",
+        "gapless yes",
+        "acknowledged 600; in the log 600; lost 0; enqueued twice 0",
+        "completed twice: 0; event times going backwards: 0",
+        "finished 600/600",
+        "every check holds",
+    ):
+        assert expected in done.stdout, (expected, done.stdout)
+    assert "took over: jobs flowing again" in done.stdout

@@ -44,6 +44,11 @@ class LogFollower:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="beaverq-follower", daemon=True)
         self.failure: BaseException | None = None
+        # While this node leads, its controller folds every event already: folding them
+        # again here would only double the leader's CPU per event (measured: a fifth
+        # of the leader's time).  Paused, the follower drops what the watch brings and,
+        # on resume, reads the log from where its state is (``catch_up``).
+        self._paused = threading.Event()
 
     @property
     def state(self) -> State:
@@ -65,6 +70,14 @@ class LogFollower:
             self._changed.notify_all()
         if self._thread.is_alive():
             self._thread.join()
+
+    def pause(self) -> None:
+        self._paused.set()
+
+    def resume(self) -> None:
+        """Fold again, from the state's LSN to the head (the events skipped while paused)."""
+        self._paused.clear()
+        self.catch_up()
 
     def wait_for(self, lsn: int, timeout_s: float) -> bool:
         """Wait until the state covers ``lsn``; False on timeout."""
@@ -128,8 +141,15 @@ class LogFollower:
                     start_revision=self._revision + 1,
                     stop=self._stop,
                 ):
+                    if self._paused.is_set():
+                        continue  # resume() reads these again by range
                     if not change.deleted:  # deletions are compaction (snapshot_loop.py)
-                        self._fold(decode_entry(change.kv.key, change.kv.value))
+                        entry = decode_entry(change.kv.key, change.kv.value)
+                        if entry.first_lsn > self._state.last_lsn + 1:
+                            # Entries skipped while paused: read them by range.  A real
+                            # hole in the log makes catch_up's fold fail, loudly.
+                            self.catch_up()
+                        self._fold(entry)
                     with self._changed:
                         self._revision = max(self._revision, change.kv.mod_revision)
             except EtcdError:

@@ -72,6 +72,12 @@ class Membership:
             with contextlib.suppress(EtcdError):
                 self._client.lease_revoke(self.lease)
 
+    def abandon(self) -> None:
+        """Stop keeping the lease alive without revoking it: as if the node died."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
     def campaign(self, timeout_s: float) -> LeaderKey:
         """Block until this node leads (EtcdError on timeout or a lost lease)."""
         return self._client.campaign(

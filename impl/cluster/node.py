@@ -67,6 +67,9 @@ class NodeOptions:
     # The leader's checkpoints into etcd (snapshots.py): they bound the log in etcd.
     snapshot_every_events: int = SNAPSHOT_EVERY_EVENTS
     snapshot_interval_s: float = SNAPSHOT_INTERVAL_S
+    # For fault tests (tests/test_cluster_nemesis.py): this node's wall clock reads this
+    # many milliseconds ahead (negative: behind).  The model must not care (FloorClock).
+    clock_skew_ms: int = 0
     controller: ControllerOptions = attrs.field(factory=ControllerOptions)
 
 
@@ -79,6 +82,20 @@ class FloorClock:
 
     def now_ms(self) -> int:
         return max(self._inner.now_ms(), self._floor_ms)
+
+    def monotonic(self) -> float:
+        return self._inner.monotonic()
+
+
+class SkewedClock:
+    """A clock ``skew_ms`` off the inner one: a node whose NTP is wrong."""
+
+    def __init__(self, inner: Clock, skew_ms: int) -> None:
+        self._inner = inner
+        self._skew_ms = skew_ms
+
+    def now_ms(self) -> int:
+        return max(0, self._inner.now_ms() + self._skew_ms)
 
     def monotonic(self) -> float:
         return self._inner.monotonic()
@@ -111,7 +128,9 @@ class ClusterNode:
     ) -> None:
         self.options = options
         self.keys = ClusterKeys(options.cluster)
-        self._clock = clock or SystemClock()
+        self._clock: Clock = clock or SystemClock()
+        if options.clock_skew_ms:
+            self._clock = SkewedClock(self._clock, options.clock_skew_ms)
         self.client = EtcdClient(etcd_urls)
         self.log = EtcdLog(self.client, self.keys)
         self.checkpoints = CheckpointSource(self.client, self.keys)
@@ -132,7 +151,7 @@ class ClusterNode:
             self.client,
             self.keys,
             options.node,
-            lambda: self.follower.state.last_lsn,
+            self._position,
             lambda: self.membership.lease,
         )
         self.snapshots: LeaderSnapshots | None = None  # while leading
@@ -162,15 +181,37 @@ class ClusterNode:
         self.client.close()
 
     def kill(self) -> None:
-        """For tests in one process: stop as a crash would, without a word to etcd."""
+        """For tests in one process: stop as a crash would.  Nothing is said to etcd (the
+        lease runs out by itself); no result is sent; the leader's controller halts."""
         self._stop.set()
+        self.membership.abandon()
+        self.workers.halt()
         with self._lock:
-            if self._controller is not None:
-                self._controller.halt()
+            controller, self._controller = self._controller, None
+        if controller is not None:
+            controller.halt()
+        self.rpc.stop()
+        self.follower.stop()
+
+    def _position(self) -> int:
+        """The LSN this node's state covers: its controller's while it leads (its
+        follower is paused then), else its follower's."""
+        controller = self._controller
+        return self.follower.state.last_lsn if controller is None else controller.state.last_lsn
 
     @property
     def is_leader(self) -> bool:
         return self._controller is not None
+
+    @property
+    def controller(self) -> Controller | None:
+        """The controller this node leads with, None while it follows."""
+        return self._controller
+
+    def position(self) -> int:
+        """The last LSN this node's state reflects (its controller's while it leads)."""
+        controller = self._controller
+        return (controller.state if controller is not None else self.follower.state).last_lsn
 
     # -- leading --------------------------------------------------------------------------
 
@@ -223,6 +264,7 @@ class ClusterNode:
             committer_factory=group_commit_factory(delay_s=self.options.group_commit_delay_s),
         )
         controller.start()
+        self.follower.pause()  # the controller folds every event now (follower.py)
         with self._lock:
             self._controller = controller
             self.snapshots = snapshots
@@ -260,11 +302,15 @@ class ClusterNode:
             snapshots.stop()
         if controller is None:
             return
-        if graceful and controller.failure is None:
-            with contextlib.suppress(Exception):
-                controller.stop(0.0)
-                return
-        controller.halt()
+        try:
+            if graceful and controller.failure is None:
+                with contextlib.suppress(Exception):
+                    controller.stop(0.0)
+                    return
+            controller.halt()
+        finally:
+            with contextlib.suppress(EtcdError):
+                self.follower.resume()  # else the watch loop's next catch-up does it
 
     def _rejoin(self) -> None:
         """The lease expired under us (a long pause): a new lease, a new registration."""
@@ -300,10 +346,10 @@ class ClusterNode:
             reply["lsn"] = controller.state.last_lsn
             if not reply["ok"] and (controller.failure is not None or not self.is_leader):
                 reply["retry"] = True
-            return reply
+            return self._with_cluster(reply)
         if _is_read(body):
-            view = StateView(self.follower.state, {"cluster": self.options.cluster})
-            return answer(view, body)
+            view = StateView(self.follower.state, {"last_lsn": self.follower.state.last_lsn})
+            return self._with_cluster(answer(view, body))
         peer = self._peer_client()
         if peer is None:
             return {"ok": False, "retry": True, "error": "no leader is elected yet"}
@@ -313,6 +359,31 @@ class ClusterNode:
             return {"ok": False, "retry": True, "error": f"the leader did not answer ({error})"}
         # Read your writes: a later read on this node sees this change.
         self.follower.wait_for(int(reply.get("lsn", 0)), READ_YOUR_WRITE_S)
+        return reply
+
+    def _with_cluster(self, reply: dict[str, Any]) -> dict[str, Any]:
+        """A ``status`` answer says which node answered, who leads, and the nodes."""
+        result = reply.get("result")
+        if not (
+            reply.get("ok")
+            and isinstance(result, dict)
+            and "counts" not in result
+            and "queues" in result
+        ):
+            return reply
+        try:
+            nodes = registered_nodes(self.client, self.keys)
+            leader = current_leader(self.client, self.keys)
+        except EtcdError:
+            nodes, leader = {}, None
+        result["cluster"] = {
+            "name": self.options.cluster,
+            "answered_by": self.options.node,
+            "leader": None if leader is None else leader[0],
+            "epoch": None if leader is None else leader[1],
+            "nodes": sorted(nodes),
+            "workers": sum(info.workers for info in nodes.values()),
+        }
         return reply
 
     def _leader_port(self) -> LeaderPort | None:

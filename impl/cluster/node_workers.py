@@ -78,6 +78,7 @@ class NodeWorkers:
         self._changed = threading.Condition()
         self._stopping = threading.Event()
         self._own_leases_abandoned = False
+        self._halted = False
         self._thread = threading.Thread(target=self._run, name="beaverq-puller", daemon=True)
         self.completed = 0  # results the leader recorded
 
@@ -109,6 +110,15 @@ class NodeWorkers:
             if not self._send_results():
                 time.sleep(RETRY_S)  # stopping: nothing else to wait on
 
+    def halt(self) -> None:
+        """Stop at once, as a crash would: nothing more is pulled or sent."""
+        self._stopping.set()
+        self._halted = True
+        with self._changed:
+            self._changed.notify_all()
+        self._thread.join()
+        self._pool.shutdown(0.0)
+
     def _run(self) -> None:
         while not self._stopping.is_set():
             worked = self._send_results()
@@ -133,7 +143,7 @@ class NodeWorkers:
     def _send_results(self) -> bool:
         with self._changed:
             batch = list(self._results)
-        if not batch:
+        if not batch or self._halted:
             return False
         port = self._port()
         if port is None:

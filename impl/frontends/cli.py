@@ -305,7 +305,15 @@ def _format_status(status: dict[str, Any]) -> str:
             lines.append(f"queue {name} (paused): no jobs")
     recovery = status["recovery"]
     runtime = status.get("runtime")
-    if runtime is None:
+    cluster = status.get("cluster")
+    if cluster is not None:
+        lines.append(
+            f"cluster {cluster['name']}: {len(cluster['nodes'])} nodes "
+            f"({', '.join(cluster['nodes'])}), {cluster['workers']} workers; leader "
+            f"{cluster['leader']} (epoch {cluster['epoch']}); answered by "
+            f"{cluster['answered_by']} at LSN {status['last_lsn']}"
+        )
+    elif runtime is None:
         lines.append(
             f"runner: none; state at LSN {recovery['last_lsn']} read from the data "
             f"directory in {recovery['seconds']:.3f} s (the runner's last recovery "
@@ -443,6 +451,11 @@ def _run_demo(args: argparse.Namespace) -> int:
     from beaverq.teaching.demo import run_demo
 
     argv = list(args.passed_on)
+    if "--cluster" in argv:
+        # 'demo --cluster': 3 etcd members and 3 nodes of its own (teaching/cluster_demo.py).
+        from beaverq.teaching.cluster_demo import run_cluster_demo
+
+        return run_cluster_demo([arg for arg in argv if arg != "--cluster"])
     if getattr(args, "data_dir", None):
         argv = ["--data-dir", args.data_dir, *argv]
     return run_demo(argv)
@@ -498,7 +511,9 @@ def build_parser() -> Parser:
     subparsers = parser.add_subparsers(dest="command", metavar="<command>", required=True)
     for add, run in COMMANDS.values():
         subparser = add(subparsers)
-        add_global_options(subparser, default=argparse.SUPPRESS)
+        add_global_options(
+            subparser, default=argparse.SUPPRESS, cluster=subparser.prog != "beaverq demo"
+        )
         subparser.set_defaults(run=run)
     return parser
 

@@ -35,7 +35,9 @@ def int_between(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
-def add_global_options(parser: argparse.ArgumentParser, default: object) -> None:
+def add_global_options(
+    parser: argparse.ArgumentParser, default: object, *, cluster: bool = True
+) -> None:
     # Declared on the main parser and again on every subparser, so that global
     # options may come before or after the command.  The subparsers' default is
     # SUPPRESS: an option given before the command is not overwritten after it.
@@ -46,6 +48,8 @@ def add_global_options(parser: argparse.ArgumentParser, default: object) -> None
         help="folder holding the queue's log and snapshots (for the commands that keep "
         "state; 'simulate' keeps none and ignores it)",
     )
+    if not cluster:
+        return  # 'demo' has a --cluster flag of its own (its parser, teaching/demo.py)
     parser.add_argument(
         "--cluster",
         metavar="URLS",

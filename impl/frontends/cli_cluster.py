@@ -10,11 +10,11 @@ the cluster instead of a data directory.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import sys
-import tempfile
 import threading
 from typing import Any
 
@@ -22,6 +22,9 @@ from .cli_args import PROG, Parser, Subparsers, fail, int_between
 
 CLUSTER_VARIABLE = "BEAVERQ_CLUSTER"
 CLUSTER_NAME_VARIABLE = "BEAVERQ_CLUSTER_NAME"
+#: Where 'cluster up' keeps its members, so that 'cluster down' finds them.
+DETACHED_DIR = "beaverq-cluster"
+PIDS_FILE = "etcd.pids"
 
 
 def cluster_urls(args: argparse.Namespace) -> list[str] | None:
@@ -62,9 +65,23 @@ def add_cluster(subparsers: Subparsers[Parser]) -> Parser:
         "leader, epoch, nodes, lag, log size and etcd quota use.",
     )
     actions = parser.add_subparsers(dest="action", required=True, parser_class=Parser)
-    up = actions.add_parser("up", help="start N local etcd members until stopped")
+    up = actions.add_parser(
+        "up",
+        help="start N local etcd members (until stopped, or in the background with --detach)",
+        description="Start N etcd members on 127.0.0.1 and print 'export BEAVERQ_CLUSTER=...'. "
+        "In the foreground until SIGINT/SIGTERM; with --detach they stay up after the "
+        "command returns, until 'beaverq cluster down'.",
+    )
     up.add_argument("--members", type=int_between(1, 7), default=3, metavar="N")
-    up.add_argument("--dir", metavar="DIR", help="where the members keep their data")
+    up.add_argument(
+        "--dir",
+        metavar="DIR",
+        default=DETACHED_DIR,
+        help=f"where the members keep their data (default ./{DETACHED_DIR}; must not exist)",
+    )
+    up.add_argument("--detach", action="store_true", help="leave the members running")
+    down = actions.add_parser("down", help="stop the members 'cluster up --detach' started")
+    down.add_argument("--dir", metavar="DIR", default=DETACHED_DIR)
     actions.add_parser("status", help="leader, epoch, nodes, lag, log size, quota use")
     return parser
 
@@ -72,13 +89,17 @@ def add_cluster(subparsers: Subparsers[Parser]) -> Parser:
 def run_cluster(args: argparse.Namespace) -> int:
     if args.action == "up":
         return _cluster_up(args)
+    if args.action == "down":
+        return _cluster_down(args)
     return _cluster_status(args)
 
 
 def _cluster_up(args: argparse.Namespace) -> int:
     from beaverq.impl.cluster.etcd_members import EtcdMembers, EtcdMembersError
 
-    base = args.dir or tempfile.mkdtemp(prefix="beaverq-etcd-")
+    base = os.path.abspath(args.dir)
+    if args.detach:
+        return _cluster_up_detached(args, base)
     stop = threading.Event()
     previous = {
         number: signal.signal(number, lambda *_: stop.set())
@@ -98,6 +119,58 @@ def _cluster_up(args: argparse.Namespace) -> int:
         for number, handler in previous.items():
             signal.signal(number, handler)
     return 0
+
+
+def _cluster_up_detached(args: argparse.Namespace, base: str) -> int:
+    from beaverq.impl.cluster.etcd_members import EtcdMembers, EtcdMembersError
+
+    try:
+        members = EtcdMembers.start(args.members, base)
+        try:
+            members.wait_ready(30.0)
+        except BaseException:
+            members.stop()
+            raise
+    except EtcdMembersError as error:
+        return fail(str(error))
+    pids = members.detach()
+    with open(os.path.join(base, PIDS_FILE), "w", encoding="utf-8") as out:
+        out.write("".join(f"{pid}\n" for pid in pids))
+    print(
+        f"{PROG}: {args.members} etcd members up under {base}; stop them with "
+        f"'{PROG} cluster down --dir {args.dir}'",
+        file=sys.stderr,
+    )
+    print(f"export {CLUSTER_VARIABLE}={','.join(members.client_urls)}", flush=True)
+    return 0
+
+
+def _cluster_down(args: argparse.Namespace) -> int:
+    path = os.path.join(os.path.abspath(args.dir), PIDS_FILE)
+    try:
+        with open(path, encoding="utf-8") as pids_file:
+            pids = [int(line) for line in pids_file if line.strip()]
+    except (OSError, ValueError) as error:
+        return fail(f"no members started with --detach under {args.dir}: {error}")
+    for pid in pids:
+        # Each member leads its own process group (etcd_members.py).
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+    os.unlink(path)
+    print(
+        f"{PROG}: stopped {len(pids)} etcd members (their data stays in {args.dir})",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _alive(pid: int) -> bool:
+    """Running (not gone, not a zombie: a detached member's new parent may never reap it)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _cluster_status(args: argparse.Namespace) -> int:
@@ -129,6 +202,18 @@ def add_node_options(parser: argparse.ArgumentParser) -> None:
         metavar="PORT",
         help="RPC port (default 0: any free port; the registration says which)",
     )
+    add_fault_options(parser)
+
+
+def add_fault_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--clock-skew-ms",
+        type=int_between(-3_600_000, 3_600_000),
+        default=0,
+        metavar="MS",
+        help="for fault tests: this node's wall clock reads MS milliseconds ahead "
+        "(negative: behind)",
+    )
 
 
 def run_node(args: argparse.Namespace, registry: Any, stop: threading.Event) -> int:
@@ -150,11 +235,23 @@ def run_node(args: argparse.Namespace, registry: Any, stop: threading.Event) -> 
                 rpc_host=args.rpc_host,
                 rpc_port=args.rpc_port,
                 workers=args.workers,
+                clock_skew_ms=args.clock_skew_ms,
             ),
         )
         node.start()
     except (EtcdError, OSError, ValueError) as error:
         return fail(f"cannot join cluster {cluster_name(args)!r} at {','.join(urls)}: {error}")
+    stop_metrics = None
+    if args.metrics_port is not None:
+        from beaverq.impl.cluster.node_metrics import serve_node_metrics
+
+        try:
+            server = serve_node_metrics(node, args.metrics_port)
+        except OSError as error:
+            node.stop(0.0)
+            return fail(f"--metrics-port {args.metrics_port}: {error.strerror or error}")
+        stop_metrics = server.stop
+        print(f"{PROG}: metrics on {server.url}", file=sys.stderr, flush=True)
     print(
         f"{PROG}: node {name} of cluster {cluster_name(args)!r} serving {node.rpc.url} with "
         f"{args.workers} workers",
@@ -163,5 +260,7 @@ def run_node(args: argparse.Namespace, registry: Any, stop: threading.Event) -> 
     )
     stop.wait()
     node.stop(args.grace)
+    if stop_metrics is not None:
+        stop_metrics()
     print(f"{PROG}: node {name} stopped", file=sys.stderr, flush=True)
     return 0

@@ -32,7 +32,7 @@ from __future__ import annotations
 import http.server
 import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -278,11 +278,17 @@ class _ControllerCollector:
 # -- The HTTP endpoint. ----------------------------------------------------------------------
 
 
+class Exposition(Protocol):
+    """What the endpoint serves: a ``Metrics``, or a cluster node's (impl/cluster)."""
+
+    def render(self) -> bytes: ...
+
+
 class _Server(http.server.ThreadingHTTPServer):
     # Request threads are joined by server_close(): none outlives stop().
     daemon_threads = False
     block_on_close = True
-    metrics: Metrics
+    metrics: Exposition
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -311,7 +317,7 @@ class MetricsServer:
     """A running endpoint.  Calling it stops it (idempotent); ``port`` is the bound port
     (useful with port 0)."""
 
-    def __init__(self, metrics: Metrics, port: int, host: str) -> None:
+    def __init__(self, metrics: Exposition, port: int, host: str) -> None:
         self.metrics = metrics
         self._server = _Server((host, port), _Handler)
         self._server.metrics = metrics
