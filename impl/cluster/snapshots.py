@@ -60,6 +60,7 @@ from .etcd_client import (
     LeaderKey,
     Operation,
     Put,
+    TxnResult,
     prefix_end,
 )
 from .etcd_log import ClusterKeys
@@ -226,6 +227,7 @@ class CheckpointWriter:
         self._manifest_revision = 0
         self._state: State | None = None  # the state of _manifest, for the identity diff
         self._loaded = False
+        self._fence: list[Compare] = []
         self.previous_revision = 0  # the manifest revision before the newest one
         self.previous_lsn = 0  # and its LSN
         self.last: WriteFigures | None = None
@@ -252,7 +254,10 @@ class CheckpointWriter:
         # its manifest.  One delete-range, no listing.
         floor = 0 if previous is None else previous.lsn
         prefix = parts_prefix(self._keys)
-        self._client.delete_range(part_key(self._keys, floor + 1, ""), prefix_end(prefix))
+        # Every txn of a write is fenced by the epoch: a deposed leader still writing
+        # must not sweep away (or add to) the parts of its successor's checkpoint.
+        self._fence = [] if leader is None else [Compare(leader.key, "CREATE", leader.revision)]
+        self._txn([DeleteRange(part_key(self._keys, floor + 1, ""), prefix_end(prefix))])
         count = bucket_count_for(len(state.jobs), 0 if previous is None else previous.bucket_count)
         grouped: list[list[Job]] = [[] for _ in range(count)]
         checkpoint = checkpoint_of(state)  # jobs in id order: parts encode deterministically
@@ -303,7 +308,7 @@ class CheckpointWriter:
             buckets=tuple(buckets),
             rest=tuple(PartRef(key, revisions[key], rest_crc) for key in rest_names),
         )
-        revision = self._put_manifest(manifest, previous, leader)
+        revision = self._put_manifest(manifest, previous)
         self.previous_revision = self._manifest_revision
         self.previous_lsn = 0 if previous is None else previous.lsn
         self._manifest, self._manifest_revision, self._state = manifest, revision, state
@@ -340,6 +345,12 @@ class CheckpointWriter:
                 dirty.add(bucket_of(job_id, count))
         return dirty
 
+    def _txn(self, operations: Sequence[Operation]) -> TxnResult:
+        result = self._client.txn(self._fence, operations)
+        if not result.succeeded:
+            raise SnapshotRefused("leadership lost while writing a checkpoint")
+        return result
+
     def _put_all(self, puts: list[tuple[bytes, bytes]]) -> dict[bytes, int]:
         """Put the parts in txns of bounded size; the revision each landed at."""
         revisions: dict[bytes, int] = {}
@@ -349,7 +360,7 @@ class CheckpointWriter:
             if batch and (
                 not key or len(batch) >= TXN_OPS_MAX or size + len(value) > TXN_BYTES_MAX
             ):
-                result = self._client.txn([], [Put(k, v) for k, v in batch])
+                result = self._txn([Put(k, v) for k, v in batch])
                 revisions.update((k, result.revision) for k, _v in batch)
                 batch, size = [], 0
             if key:
@@ -357,17 +368,14 @@ class CheckpointWriter:
                 size += len(value)
         return revisions
 
-    def _put_manifest(
-        self, manifest: Manifest, previous: Manifest | None, leader: LeaderKey | None
-    ) -> int:
+    def _put_manifest(self, manifest: Manifest, previous: Manifest | None) -> int:
         key = manifest_key(self._keys)
         compares = [
             Compare(key, "MOD", self._manifest_revision)
             if previous is not None
-            else Compare(key, "VERSION", 0)
+            else Compare(key, "VERSION", 0),
+            *self._fence,
         ]
-        if leader is not None:
-            compares.append(Compare(leader.key, "CREATE", leader.revision))
         stale = sorted((previous.part_keys() if previous else set()) - manifest.part_keys())
         inline, later = stale[: TXN_OPS_MAX - 1], stale[TXN_OPS_MAX - 1 :]
         operations: list[Operation] = [Put(key, encode_manifest(manifest))]
@@ -380,7 +388,7 @@ class CheckpointWriter:
         # Parts beyond one txn's reach go after it; if this dies half-way they linger
         # until their bucket is rewritten (they are named by no manifest, read by none).
         for start in range(0, len(later), TXN_OPS_MAX):
-            self._client.txn([], [DeleteRange(k) for k in later[start : start + TXN_OPS_MAX]])
+            self._txn([DeleteRange(k) for k in later[start : start + TXN_OPS_MAX]])
         return result.revision
 
 
