@@ -166,7 +166,7 @@ def bucket_count_for(jobs: int, previous: int) -> int:
     wanted = 1
     while wanted * JOBS_PER_BUCKET < jobs:
         wanted *= 2
-    if previous and previous <= wanted * 2 and wanted <= previous * 2:
+    if previous and wanted <= previous * 2 and previous <= wanted * 4:
         return previous
     return wanted
 
