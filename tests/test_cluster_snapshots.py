@@ -34,6 +34,7 @@ from beaverq.impl.cluster.snapshots import (
     CheckpointSource,
     CheckpointWriter,
     SnapshotCorrupt,
+    SnapshotRefused,
     SnapshotUnusable,
     decode_manifest,
     encode_manifest,
@@ -152,6 +153,22 @@ def test_only_dirty_buckets_are_rewritten_and_stale_parts_go(client):
     loaded = read_checkpoint(client, keys)
     assert loaded is not None and loaded.state == state
     assert part_count(client, keys) == len(loaded.manifest.part_keys())
+
+
+def test_a_deposed_leader_writes_no_checkpoint(client):
+    """Goal: every txn of a checkpoint write is fenced by the epoch; a writer whose
+    election key is gone is refused and the manifest stays its successor's."""
+    keys = fresh_keys()
+    state, _ = enqueue(initial_state(), 100)
+    old = win(client, keys)
+    client.lease_revoke(old.lease)
+    new = win(client, keys)
+    CheckpointWriter(client, keys).write(state, at_ms=1, leader=new)
+    later, _ = lease(state, 1)
+    with pytest.raises(SnapshotRefused, match="leadership"):
+        CheckpointWriter(client, keys).write(later, at_ms=2, leader=old)
+    loaded = read_checkpoint(client, keys)
+    assert loaded is not None and loaded.state == state
 
 
 def test_a_big_bucket_is_cut_into_parts_under_the_value_limit(client, monkeypatch):

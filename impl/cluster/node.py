@@ -188,8 +188,12 @@ class ClusterNode:
         self.workers.halt()
         with self._lock:
             controller, self._controller = self._controller, None
+            snapshots, self.snapshots = self.snapshots, None
         if controller is not None:
             controller.halt()
+        if snapshots is not None:
+            snapshots.stop()
+        self.snapmarks.stop()
         self.rpc.stop()
         self.follower.stop()
 
