@@ -246,7 +246,7 @@ class ClusterNode:
             self.log,
             leader_key,
             state.last_lsn,
-            snapshot=lambda state: snapshots.take(state, writer.last_at_ms),
+            snapshot=lambda durable: snapshots.take(durable, writer.last_at_ms),
             last_at_ms=self.follower.last_at_ms,
         )
         controller = Controller(
