@@ -14,9 +14,9 @@ refused by the head compare anyway (etcd_log.py), but it would fail for nothing.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
+from collections.abc import Callable
 
 from beaverq.model import State, initial_state
 
@@ -26,10 +26,17 @@ from .etcd_log import EtcdLog, LogEntry, decode_entry, fold_entry
 #: After a broken watch or an etcd error, wait this long before reading again.
 RETRY_S = 0.2
 
+#: (LSN of the state, etcd revision) -> a state from a checkpoint to continue from
+#: (and the time of its last event), or None to read the log (snapshots.py).
+Restorer = Callable[[int, int], "tuple[State, int] | None"]
+
 
 class LogFollower:
-    def __init__(self, log: EtcdLog, state: State | None = None) -> None:
+    def __init__(
+        self, log: EtcdLog, state: State | None = None, *, restore: Restorer | None = None
+    ) -> None:
         self._log = log
+        self._restore = restore
         self._state = state or initial_state()
         self._last_at_ms = 0
         self._revision = 0  # the etcd revision the state reflects the log at
@@ -88,6 +95,16 @@ class LogFollower:
     def catch_up(self) -> int:
         """Read the log up to its head as of now (linearizably); the LSN reached."""
         head, revision = self._log.head()
+        if self._restore is not None:
+            # The log before ``compacted`` may be gone, or a checkpoint far ahead:
+            # both read at ``revision``, the same cut as the entries below.
+            restored = self._restore(self._state.last_lsn, revision)
+            if restored is not None:
+                with self._changed:
+                    if restored[0].last_lsn > self._state.last_lsn:
+                        self._state = restored[0]
+                        self._last_at_ms = max(self._last_at_ms, restored[1])
+                        self._changed.notify_all()
         for entry in self._log.entries_after(self._state.last_lsn, revision=revision):
             self._fold(entry)
         with self._changed:
@@ -108,8 +125,16 @@ class LogFollower:
 
     def _run(self) -> None:
         keys = self._log.keys
+        resync = False
         while not self._stop.is_set():
             try:
+                if resync:
+                    # A broken stream or a compacted revision: read by range (or from the
+                    # checkpoint, if the log behind the state is deleted), then watch
+                    # again.  Inside the try: a checkpoint that cannot be loaded is loud.
+                    self._stop.wait(RETRY_S)
+                    self.catch_up()
+                    resync = False
                 for change in self._log.client.watch(
                     keys.log_prefix,
                     prefix_end(keys.log_prefix),
@@ -118,7 +143,7 @@ class LogFollower:
                 ):
                     if self._paused.is_set():
                         continue  # resume() reads these again by range
-                    if not change.deleted:  # deletions are compaction (snapshots.py)
+                    if not change.deleted:  # deletions are compaction (snapshot_loop.py)
                         entry = decode_entry(change.kv.key, change.kv.value)
                         if entry.first_lsn > self._state.last_lsn + 1:
                             # Entries skipped while paused: read them by range.  A real
@@ -128,11 +153,7 @@ class LogFollower:
                     with self._changed:
                         self._revision = max(self._revision, change.kv.mod_revision)
             except EtcdError:
-                # A broken stream or a compacted revision: read by range from where the
-                # state is, then watch again.
-                self._stop.wait(RETRY_S)
-                with contextlib.suppress(EtcdError):
-                    self.catch_up()
+                resync = True
             except BaseException as error:  # a corrupt log: loud, to every waiter
                 with self._changed:
                     self.failure = error

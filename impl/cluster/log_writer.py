@@ -54,6 +54,7 @@ class EtcdLogWriter:
         *,
         snapshot: Callable[[State], str] | None = None,
         timeout_s: float = APPEND_TIMEOUT_S,
+        last_at_ms: int = 0,
     ) -> None:
         self._log = log
         self._leader = leader
@@ -63,6 +64,9 @@ class EtcdLogWriter:
         self._snapshot = snapshot
         self._timeout_s = timeout_s
         self._failure: ClusterLogFailed | None = None
+        # The time of the last event framed: a checkpoint records it, so that a node
+        # restored from it starts its clock no earlier (node.py's FloorClock).
+        self.last_at_ms = last_at_ms
 
     # -- framing (under group commit's lock) --------------------------------------------
 
@@ -74,6 +78,7 @@ class EtcdLogWriter:
                 )
             self._pending.append(event)
             self._appended_lsn = event.lsn
+            self.last_at_ms = max(self.last_at_ms, event.at_ms)
 
     def take_batch(self) -> PendingBatch | None:
         if not self._pending:
@@ -129,8 +134,8 @@ class EtcdLogWriter:
     # -- the rest of a LogStore -------------------------------------------------------------
 
     def take_snapshot(self, state: State) -> str:
-        """A local snapshot only speeds up this node's next start (node.py); the log
-        in etcd is the record.  "" when the node keeps none."""
+        """A checkpoint in etcd (snapshots.py) speeds up starts and lets the log prefix
+        go; the log in etcd is the record.  "" when the node writes none."""
         return "" if self._snapshot is None else self._snapshot(state)
 
     def close(self) -> None:

@@ -47,6 +47,8 @@ from .log_writer import EtcdLogWriter
 from .membership import Membership, NodeInfo, current_leader, registered_nodes
 from .node_workers import LeaderPort, LeaderUnreachable, NodeWorkers, NoWorkers
 from .rpc import NotLeader, RpcClient, RpcServer
+from .snapshot_loop import LeaderSnapshots, SnapmarkPublisher
+from .snapshots import SNAPSHOT_EVERY_EVENTS, SNAPSHOT_INTERVAL_S, CheckpointSource
 
 #: How often the leader looks for departed nodes (their leases to abandon).
 DEPARTURES_EVERY_S = 0.5
@@ -65,6 +67,9 @@ class NodeOptions:
     workers: int = 4
     queue_max: int = 60  # tasks leased ahead of the workers, per node
     group_commit_delay_s: float = 0.002
+    # The leader's checkpoints into etcd (snapshots.py): they bound the log in etcd.
+    snapshot_every_events: int = SNAPSHOT_EVERY_EVENTS
+    snapshot_interval_s: float = SNAPSHOT_INTERVAL_S
     # For fault tests (tests/test_cluster_nemesis.py): this node's wall clock reads this
     # many milliseconds ahead (negative: behind).  The model must not care (FloorClock).
     clock_skew_ms: int = 0
@@ -144,7 +149,8 @@ class ClusterNode:
             self._clock = SkewedClock(self._clock, options.clock_skew_ms)
         self.client = EtcdClient(etcd_urls)
         self.log = EtcdLog(self.client, self.keys)
-        self.follower = LogFollower(self.log)
+        self.checkpoints = CheckpointSource(self.client, self.keys)
+        self.follower = LogFollower(self.log, restore=self.checkpoints.restore_if_behind)
         self.rpc = RpcServer(options.rpc_host, options.rpc_port, self)
         self.membership = Membership(
             self.client, self.keys, NodeInfo(options.node, self.rpc.url, options.workers)
@@ -157,6 +163,14 @@ class ClusterNode:
         self._peer: RpcClient | None = None
         self._peer_checked_at = -LEADER_CACHE_S
         self._thread = threading.Thread(target=self._lead, name="beaverq-leading", daemon=True)
+        self.snapmarks = SnapmarkPublisher(
+            self.client,
+            self.keys,
+            options.node,
+            self._position,
+            lambda: self.membership.lease,
+        )
+        self.snapshots: LeaderSnapshots | None = None  # while leading
         self.leaderships = 0  # times this node became leader
         self._tuned = False
 
@@ -170,6 +184,7 @@ class ClusterNode:
         self._tuned = True
         self.rpc.start()
         self.membership.join()
+        self.snapmarks.start()
         self.workers.start()
         self._thread.start()
 
@@ -181,6 +196,7 @@ class ClusterNode:
         self.membership.leave()  # ends a waiting campaign, too
         self._thread.join()
         self._step_down(graceful=True)
+        self.snapmarks.stop()
         self.rpc.stop()
         self.follower.stop()
         self.client.close()
@@ -194,8 +210,12 @@ class ClusterNode:
         self.workers.halt()
         with self._lock:
             controller, self._controller = self._controller, None
+            snapshots, self.snapshots = self.snapshots, None
         if controller is not None:
             controller.halt()
+        if snapshots is not None:
+            snapshots.stop()
+        self.snapmarks.stop()
         self.rpc.stop()
         self.follower.stop()
         self._release_tuning()
@@ -204,6 +224,12 @@ class ClusterNode:
         if self._tuned:
             self._tuned = False
             release_tuning()
+
+    def _position(self) -> int:
+        """The LSN this node's state covers: its controller's while it leads (its
+        follower is paused then), else its follower's."""
+        controller = self._controller
+        return self.follower.state.last_lsn if controller is None else controller.state.last_lsn
 
     @property
     def is_leader(self) -> bool:
@@ -243,7 +269,14 @@ class ClusterNode:
     def _take_over(self, leader_key: Any) -> None:
         self.follower.catch_up()  # the head as of now: nothing older than our epoch is missing
         state = self.follower.state
-        writer = EtcdLogWriter(self.log, leader_key, state.last_lsn)
+        snapshots = LeaderSnapshots(self.client, self.keys, leader_key)
+        writer = EtcdLogWriter(
+            self.log,
+            leader_key,
+            state.last_lsn,
+            snapshot=lambda durable: snapshots.take(durable, writer.last_at_ms),
+            last_at_ms=self.follower.last_at_ms,
+        )
         controller = Controller(
             writer,
             state,
@@ -254,6 +287,11 @@ class ClusterNode:
                 runner_id=self.options.node,
                 cluster_member=True,
                 final_snapshot=False,
+                snapshot_every_events=self.options.snapshot_every_events,
+                snapshot_interval_s=self.options.snapshot_interval_s,
+                # Only dirty buckets are rewritten, so the single-node rule against
+                # rewriting every job for a short tail does not apply.
+                snapshot_tail_per_job=0.0,
             ),
             committer_factory=group_commit_factory(delay_s=self.options.group_commit_delay_s),
         )
@@ -261,6 +299,8 @@ class ClusterNode:
         self.follower.pause()  # the controller folds every event now (follower.py)
         with self._lock:
             self._controller = controller
+            self.snapshots = snapshots
+        snapshots.start()  # a checkpoint asked for before this waits for it
         self.leaderships += 1
         self._abandon_departed(controller)
 
@@ -289,6 +329,9 @@ class ClusterNode:
     def _step_down(self, *, graceful: bool) -> None:
         with self._lock:
             controller, self._controller = self._controller, None
+            snapshots, self.snapshots = self.snapshots, None
+        if snapshots is not None:
+            snapshots.stop()
         if controller is None:
             return
         try:
