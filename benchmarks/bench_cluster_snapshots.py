@@ -1,4 +1,5 @@
-"""Benchmark of partial snapshots in etcd (docs/cluster.md, "Partial snapshots and compaction", "Measured").
+"""Benchmark of partial snapshots in etcd (docs/cluster.md, "Partial snapshots and
+compaction", "Measured").
 
 Not a test: it measures and prints.  One etcd member (``EtcdMembers``); ``--jobs``
 jobs enqueued through the model and appended to the log in entries of 500 events;
