@@ -43,6 +43,7 @@ from beaverq.impl.cluster.follower import LogFollower
 from beaverq.impl.cluster.membership import current_leader, registered_nodes
 from beaverq.impl.cluster.node_workers import LeaderUnreachable
 from beaverq.impl.cluster.rpc import RpcClient
+from beaverq.impl.cluster.snapshots import CheckpointSource
 from beaverq.teaching.cluster_demo import NodeProcess, _head_and_epoch, _wait
 
 CLUSTER = "bench"
@@ -156,14 +157,18 @@ def failover(client: EtcdClient, nodes: list[NodeProcess], acked: list[str]) -> 
 
 
 def catch_up(client: EtcdClient) -> None:
-    follower = LogFollower(EtcdLog(client, ClusterKeys(CLUSTER)))
+    keys = ClusterKeys(CLUSTER)
+    # As a restarting node does: from the checkpoint in etcd, then the log after it.
+    source = CheckpointSource(client, keys)
+    follower = LogFollower(EtcdLog(client, keys), restore=source.restore_if_behind)
     started = time.monotonic()
     follower.catch_up()
     seconds = time.monotonic() - started
-    events = follower.state.last_lsn
+    lsn = follower.state.last_lsn
+    how = "from the checkpoint in etcd, then the log" if source.loads else "from the log alone"
     print(
-        f"catch-up: a fresh node read and folded {events} events in {seconds:.2f} s: "
-        f"{events / seconds:,.0f} events/s"
+        f"catch-up: a fresh node reached LSN {lsn} {how} in {seconds:.2f} s "
+        f"({lsn / seconds:,.0f} LSNs/s)"
     )
 
 

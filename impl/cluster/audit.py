@@ -29,6 +29,7 @@ from beaverq.spec.history import check_history
 
 from .etcd_client import EtcdClient, KeyValue, prefix_end
 from .etcd_log import ClusterKeys, LogCorrupt, decode_entry, fold_entry
+from .snapshots import load_checkpoint
 
 PAGE = 256
 FINISHED = (JobStatus.COMPLETED, JobStatus.DEAD, JobStatus.CANCELLED)
@@ -48,6 +49,7 @@ class LogAudit:
     unfinished: tuple[str, ...]
     history_problem: str | None
     state: State
+    from_checkpoint_lsn: int = 0  # 0: the whole log from LSN 1 was read
 
     @property
     def ok(self) -> bool:
@@ -66,8 +68,14 @@ class LogAudit:
         def yes(flag: bool) -> str:
             return "yes" if flag else "NO"
 
+        start = (
+            ""
+            if not self.from_checkpoint_lsn
+            else f" after the checkpoint at LSN {self.from_checkpoint_lsn} (the prefix is "
+            "compacted)"
+        )
         return [
-            f"the log on each of {self.members_checked} etcd members: identical "
+            f"the log{start} on each of {self.members_checked} etcd members: identical "
             f"{yes(self.members_identical)}; {self.events} events, gapless {yes(self.gapless)}",
             f"acknowledged {self.acknowledged}; in the log {self.acknowledged - len(self.lost)}; "
             f"lost {len(self.lost)}; enqueued twice {len(self.enqueued_twice)}",
@@ -103,12 +111,15 @@ def audit(
     keys = ClusterKeys(cluster)
     logs = [[(kv.key, kv.value) for kv in member_log(url, keys)] for url in member_urls]
     identical = all(log == logs[0] for log in logs[1:])
-    state = initial_state()
+    state = start = _starting_state(member_urls, keys)
+    from_lsn = state.last_lsn
     events: list[Event] = []
     gapless = True
     for key, value in logs[0]:
         entry = decode_entry(key, value)
-        if entry.first_lsn != state.last_lsn + 1:
+        if entry.last_lsn <= state.last_lsn:
+            continue  # before the checkpoint the audit starts from
+        if entry.first_lsn > state.last_lsn + 1:
             gapless = False
         try:
             state, applied = fold_entry(state, entry)
@@ -117,6 +128,7 @@ def audit(
             break
         events.extend(applied)
     enqueued = collections.Counter(e.job_id for e in events if isinstance(e, JobEnqueued))
+    checkpointed = set(start.jobs) if from_lsn else set()
     completed = collections.Counter(e.job_id for e in events if isinstance(e, JobCompleted))
     keyed = collections.Counter(
         e.spec.idempotency_key
@@ -144,7 +156,13 @@ def audit(
         gapless=gapless,
         events=len(events),
         acknowledged=len(acknowledged),
-        lost=tuple(sorted(job_id for job_id in acknowledged if job_id not in enqueued)),
+        lost=tuple(
+            sorted(
+                job_id
+                for job_id in acknowledged
+                if job_id not in enqueued and job_id not in checkpointed
+            )
+        ),
         enqueued_twice=tuple(
             sorted(
                 [job_id for job_id, n in enqueued.items() if n > 1]
@@ -156,4 +174,17 @@ def audit(
         unfinished=unfinished if require_finished else (),
         history_problem=history_problem,
         state=state,
+        from_checkpoint_lsn=from_lsn,
     )
+
+
+def _starting_state(member_urls: Sequence[str], keys: ClusterKeys) -> State:
+    """The empty state, or the newest checkpoint's if the log's prefix is compacted."""
+    with EtcdClient(member_urls) as client:
+        compacted = client.get(keys.compacted)
+        if compacted is None or int(compacted.value) == 0:
+            return initial_state()
+        loaded = load_checkpoint(client, keys)
+    if loaded is None:
+        raise LogCorrupt(f"the log up to LSN {int(compacted.value)} is compacted, no checkpoint")
+    return loaded.state
