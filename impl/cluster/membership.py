@@ -14,11 +14,12 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 
 import attrs
 import cattrs
 
-from .etcd_client import EtcdClient, EtcdError, LeaderKey, prefix_end
+from .etcd_client import EtcdClient, EtcdError, EtcdUnavailable, LeaderKey, prefix_end
 from .etcd_log import ClusterKeys
 
 #: The lease's time to live.  A dead leader is replaced after at most this plus an
@@ -26,6 +27,9 @@ from .etcd_log import ClusterKeys
 LEASE_TTL_S = 2
 #: Keep-alives per TTL: three, so one lost or late keep-alive does not end the lease.
 KEEPALIVES_PER_TTL = 3
+
+#: One round of a campaign (see ``Membership.campaign``).
+CAMPAIGN_ROUND_S = 1.0
 
 _converter = cattrs.Converter()
 
@@ -79,10 +83,27 @@ class Membership:
             self._thread.join()
 
     def campaign(self, timeout_s: float) -> LeaderKey:
-        """Block until this node leads (EtcdError on timeout or a lost lease)."""
-        return self._client.campaign(
-            self._keys.election, self.lease, self.info.node.encode(), timeout_s=timeout_s
-        )
+        """Block until this node leads (EtcdError on timeout, a lost lease, or ``leave``).
+
+        Asked in rounds of ``CAMPAIGN_ROUND_S``: a campaign waiting in etcd does not end
+        when its lease is revoked (etcd's election waits only for the keys before its
+        own; measured: it "won" once the old leader's lease expired), so a node that
+        leaves must not be stuck in one.  Asking again with the same lease resumes the
+        same election key, so a round costs no place in the line."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self._stop.is_set():
+                raise EtcdError("this node is leaving: it campaigns no more")
+            try:
+                return self._client.campaign(
+                    self._keys.election,
+                    self.lease,
+                    self.info.node.encode(),
+                    timeout_s=CAMPAIGN_ROUND_S,
+                )
+            except EtcdUnavailable as unanswered:
+                if not unanswered.maybe_applied or time.monotonic() >= deadline:
+                    raise  # no member reached, or out of time
 
     def _keep_alive(self) -> None:
         period = LEASE_TTL_S / KEEPALIVES_PER_TTL
