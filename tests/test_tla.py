@@ -122,10 +122,14 @@ def test_action_names_are_python_event_names() -> None:
 
 
 def test_every_configuration_is_checked() -> None:
-    """Every .cfg in tla/ is run by some test here or in test_tla_conformance.py."""
+    """Every .cfg in tla/ is run by some test here, in test_tla_conformance.py or (the
+    cluster's) in test_tla_cluster.py."""
     checked = {"BeaverQueue.cfg", "BeaverQueueLiveness.cfg", "BeaverQueueLarge.cfg"}
     checked |= {"BeaverQueueLiveness_AckBeforeSync.cfg"}
     checked |= {config for config, _ in KNOWN_BUGS.values()}
     checked |= {"BeaverQueueTrace.cfg"}
+    # The cluster module's configurations: tests/test_tla_cluster.py runs them, and
+    # checks there that it runs every one.
+    checked |= {path.name for path in TLA_DIR.glob("BeaverQueueCluster*.cfg")}
     present = {path.name for path in TLA_DIR.glob("*.cfg")}
     assert present == checked
