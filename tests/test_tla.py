@@ -15,6 +15,8 @@ problem; print the number of states explored.  The research configuration
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 from tla_tlc import TLA_DIR, TlcResult, TlcUnavailable, ci_safety_run, run_tlc
@@ -37,9 +39,11 @@ KNOWN_BUGS = {
 EVENTS_NOT_IN_SPEC = {"JobForgotten", "QueuePaused", "QueueResumed"}
 
 
-def check(config: str, *extra: str) -> TlcResult:
+def check(config: str, *extra: str, spec: Path = SPEC, imports: Sequence[Path] = ()) -> TlcResult:
+    """TLC on ``spec`` (BeaverQueue.tla unless said) with ``config``; ``imports`` are the
+    modules it instantiates or extends, copied next to it."""
     try:
-        return run_tlc(SPEC.name, config, sources=[SPEC, TLA_DIR / config], extra=extra)
+        return run_tlc(spec.name, config, sources=[spec, *imports, TLA_DIR / config], extra=extra)
     except TlcUnavailable as missing:
         pytest.fail(f"cannot run TLC: {missing}")
 
