@@ -444,25 +444,36 @@ Symmetry == Permutations(Jobs) \cup Permutations(Nodes)
 \* not extend a state whose log is longer).
 LogBound == Len(elog) <= MaxLog
 
-\* Two states that differ only in the order of records every node has read
-\* behave alike: what a node does next depends on its table and on the
-\* records it has still to read, and the history the checks read (how often
-\* each job was enqueued and completed, requeues, releases, which leases were
-\* abandoned) is kept apart.  So TLC may fingerprint a state by the log after
-\* the slowest node's position only, with positions relative to the end and
-\* records without their LSNs (an LSN is the position; only comparisons of
-\* LSNs, and differences, matter).  Without this the interleavings of the two
-\* jobs' histories multiply the state space many times over.
+\* The view: what TLC fingerprints a state by.  Without it, the interleavings
+\* of the two jobs' histories in elog multiply the state space many times
+\* over, although the order of records does not matter to what happens next.
+\*
+\* What a node has not read matters only to a node that appends from behind
+\* the head, which the head compare forbids.  With it (every Bug but
+\* NoHeadCompare), a node behind the head can only read up to it, in one
+\* step, and then holds the fold of the whole log (PositionsArePrefixes),
+\* whatever the records were; before that it decides nothing.  So a state
+\* is fingerprinted by each node's table and whether it is at the head, the
+\* fold of the whole log, the length of the log (the state constraint
+\* LogBound reads it), and the history the checks read (how often each job
+\* was enqueued and completed, requeues, releases, which leases were
+\* abandoned).  For NoHeadCompare the log the slowest node has not read is
+\* kept, with positions relative to the end (LSNs are positions, and only
+\* their differences matter).
 Unnumbered(log) == [i \in DOMAIN log |-> [log[i] EXCEPT !.lsn = 0]]
 Slowest == CHOOSE k \in {lsn[n] : n \in Nodes} : \A n \in Nodes : k <= lsn[n]
+Unread ==
+    IF Bug = "NoHeadCompare"
+    THEN <<[n \in Nodes |-> Len(elog) - lsn[n]],
+           Unnumbered(SubSeq(elog, Slowest + 1, Len(elog)))>>
+    ELSE [n \in Nodes |-> lsn[n] = Len(elog)]
 Abandoned == {<<elog[i].job, elog[i].attempt>> :
                  i \in {i \in DOMAIN elog : elog[i].type = "LeaseAbandoned"}}
 Past ==
     <<[j \in Jobs |-> <<Count(elog, "JobEnqueued", j), Count(elog, "JobCompleted", j)>>],
       Requeues, Releases, Abandoned>>
 View ==
-    <<[n \in Nodes |-> <<Len(elog) - lsn[n], table[n].jobs>>],
-      Unnumbered(SubSeq(elog, Slowest + 1, Len(elog))), folded.jobs,
+    <<Len(elog), Unread, [n \in Nodes |-> table[n].jobs], folded.jobs,
       believed, epoch, held, lost, acked, appenders, crashes, Past>>
 
 =============================================================================
