@@ -120,6 +120,8 @@ Base == INSTANCE BeaverQueue
              acked <- 0, completions <- 0, crashes <- 0, requeues <- 0, releases <- 0,
              MaxCrashes <- 0, MaxTail <- 0, MaxLog <- 0, Bug <- "none"
 
+ASSUME Events \subseteq Base!EventTypes
+
 NoLease == <<>>
 Empty == Base!EmptyTable
 Fold(log) == Base!Replay(Empty, log, TRUE)
