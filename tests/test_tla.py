@@ -15,6 +15,8 @@ problem; print the number of states explored.  The research configuration
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 from tla_tlc import TLA_DIR, TlcResult, TlcUnavailable, ci_safety_run, run_tlc
@@ -37,9 +39,11 @@ KNOWN_BUGS = {
 EVENTS_NOT_IN_SPEC = {"JobForgotten", "QueuePaused", "QueueResumed"}
 
 
-def check(config: str, *extra: str) -> TlcResult:
+def check(config: str, *extra: str, spec: Path = SPEC, imports: Sequence[Path] = ()) -> TlcResult:
+    """TLC on ``spec`` (BeaverQueue.tla unless said) with ``config``; ``imports`` are the
+    modules it instantiates or extends, copied next to it."""
     try:
-        return run_tlc(SPEC.name, config, sources=[SPEC, TLA_DIR / config], extra=extra)
+        return run_tlc(spec.name, config, sources=[spec, *imports, TLA_DIR / config], extra=extra)
     except TlcUnavailable as missing:
         pytest.fail(f"cannot run TLC: {missing}")
 
@@ -122,10 +126,14 @@ def test_action_names_are_python_event_names() -> None:
 
 
 def test_every_configuration_is_checked() -> None:
-    """Every .cfg in tla/ is run by some test here or in test_tla_conformance.py."""
+    """Every .cfg in tla/ is run by some test here, in test_tla_conformance.py or (the
+    cluster's) in test_tla_cluster.py."""
     checked = {"BeaverQueue.cfg", "BeaverQueueLiveness.cfg", "BeaverQueueLarge.cfg"}
     checked |= {"BeaverQueueLiveness_AckBeforeSync.cfg"}
     checked |= {config for config, _ in KNOWN_BUGS.values()}
     checked |= {"BeaverQueueTrace.cfg"}
+    # The cluster module's configurations: tests/test_tla_cluster.py runs them, and
+    # checks there that it runs every one.
+    checked |= {path.name for path in TLA_DIR.glob("BeaverQueueCluster*.cfg")}
     present = {path.name for path in TLA_DIR.glob("*.cfg")}
     assert present == checked

@@ -108,6 +108,12 @@ _COUNTS = re.compile(
 _DEPTH = re.compile(r"The depth of the complete state graph search is (\d+)")
 _INVARIANT = re.compile(r"Error: Invariant (\w+) is violated")
 _PROPERTY = re.compile(r"Error: (?:Action property|Temporal properties were) ?(\w+)?")
+# A conjunct of an instantiated formula (a refinement: PROPERTY Spec => M!Spec) has no
+# name of its own, and TLC names it by where it is written.
+_LOCATED_PROPERTY = re.compile(
+    r"Error: Action property line (\d+), col (\d+) to line (\d+), col (\d+) of module (\w+)"
+    r" is violated"
+)
 
 
 def parse(command: Sequence[str], exit_code: int, output: str, seconds: float) -> TlcResult:
@@ -121,8 +127,11 @@ def parse(command: Sequence[str], exit_code: int, output: str, seconds: float) -
     violated_property = None
     for line in errors:
         action = re.match(r"Error: Action property (\w+) is violated", line)
+        located = _LOCATED_PROPERTY.match(line)
         if action:
             violated_property = action.group(1)
+        elif located:
+            violated_property = source_text(*located.groups())
         elif line.startswith("Error: Temporal properties were violated"):
             violated_property = "temporal"
     semantic = "***Parse Error***" in output or "Semantic errors" in output
@@ -145,6 +154,19 @@ def parse(command: Sequence[str], exit_code: int, output: str, seconds: float) -
         errors=errors + (("parse or semantic error",) if semantic else ()),
         finished=finished,
     )
+
+
+def source_text(line: str, col: str, end_line: str, end_col: str, module: str) -> str:
+    """The text of ``module`` (in tla/) from ``line``, ``col`` to ``end_line``,
+    ``end_col`` (1-based, inclusive, as TLC reports locations), whitespace collapsed."""
+    lines = (TLA_DIR / f"{module}.tla").read_text().splitlines()
+    first, last = int(line) - 1, int(end_line) - 1
+    if first == last:
+        text = lines[first][int(col) - 1 : int(end_col)]
+    else:
+        middle = lines[first + 1 : last]
+        text = "\n".join([lines[first][int(col) - 1 :], *middle, lines[last][: int(end_col)]])
+    return " ".join(text.split())
 
 
 def run_tlc(

@@ -46,6 +46,13 @@
 (*    group commit of at most MaxTail events) and MaxLog bounds the log    *)
 (*    between checkpoints (Sync waits for Snapshot + TruncateLog).         *)
 (*                                                                         *)
+(* Two generalisations serve BeaverQueueCluster.tla, which refines this    *)
+(* spec, and change nothing for the single-node configurations: MaxTail = *)
+(* 0 means write-through (each event durable, an enqueue acknowledged, in  *)
+(* the step that appends it: etcd's log), and LostLeaseAbandoned, outside  *)
+(* Next, abandons the lease of a worker that died with its node while the  *)
+(* queue ran on (SafetySpecWithLostWorkers).                               *)
+(*                                                                         *)
 (* Bug selects a deliberately broken variant, so that tests can show that  *)
 (* the invariants catch it: "none" (the real design), "AckBeforeSync",     *)
 (* "NoFence", "NoLsnGuard", "NoAbandon", "WorkersSurviveCrash" (see       *)
@@ -60,7 +67,7 @@ CONSTANTS
     MaxRequeues,    \* JobRequeued events in one behaviour, over all jobs
     MaxCrashes,     \* crashes in one behaviour
     MaxReleases,    \* LeaseReleased events in one behaviour, over all jobs
-    MaxTail,        \* unsynced events at most
+    MaxTail,        \* unsynced events at most; 0: write-through (see WriteThrough)
     MaxLog,         \* durable log records at most (before a checkpoint)
     Bug             \* "none", or the name of a known bug to put back in
 
@@ -76,7 +83,7 @@ BugDescription == [
 ASSUME Jobs # {} /\ Workers # {}
 ASSUME Budgets # {} /\ Budgets \subseteq Nat \ {0}
 ASSUME MaxRequeues \in Nat /\ MaxCrashes \in Nat /\ MaxReleases \in Nat
-ASSUME MaxTail \in Nat \ {0} /\ MaxLog \in Nat /\ MaxLog >= MaxTail
+ASSUME MaxTail \in Nat /\ MaxLog \in Nat /\ MaxLog >= MaxTail
 ASSUME Bug \in DOMAIN BugDescription
 
 VARIABLES snap, dlog, tail, mem, held, phase, acked, completions, crashes, requeues,
@@ -204,12 +211,28 @@ Init ==
 (* tail, and memory folds it in (the controller's decide -> append ->      *)
 (* evolve; the fsync is the separate Sync action).                         *)
 
-CanAppend == phase = "up" /\ Len(tail) < MaxTail
+\* MaxTail = 0 is write-through: each event is durable, and the client of an
+\* enqueue told, in the step that appends it.  That is the log of the etcd
+\* cluster (tla/BeaverQueueCluster.tla refines this spec with it): an append
+\* is one transaction, answered only once a quorum has synced it, so there is
+\* no unsynced tail.  The single-node configurations all have MaxTail >= 1,
+\* and for them nothing below changes.
+WriteThrough == MaxTail = 0
+Room == WriteThrough \/ Len(tail) < MaxTail
 
+CanAppend == phase = "up" /\ Room
+
+\* Emit sets mem and, by the mode, either tail or dlog and completions (a
+\* durable JobCompleted is counted when it becomes durable, as Sync does).
 Emit(e) ==
     LET numbered == [e EXCEPT !.lsn = mem.lsn + 1]
-    IN  /\ tail' = Append(tail, numbered)
-        /\ mem' = Evolve(mem, numbered, TRUE)
+    IN  /\ mem' = Evolve(mem, numbered, TRUE)
+        /\ IF WriteThrough
+           THEN /\ dlog' = Append(dlog, numbered)
+                /\ completions' = Completed(completions, <<numbered>>)
+                /\ UNCHANGED tail
+           ELSE /\ tail' = Append(tail, numbered)
+                /\ UNCHANGED <<dlog, completions>>
 
 \* The worker w still has a result the queue would accept: the fence.
 Accepts(w) ==
@@ -228,13 +251,14 @@ CanRequeue(j)    == Status(j) = "dead" /\ requeues < MaxRequeues
 JobEnqueued(j, delayed, budget) ==
     /\ CanAppend /\ CanEnqueue(j)
     /\ Emit(Event("JobEnqueued", j, 0, IF delayed THEN "delayed" ELSE "pending", budget))
-    /\ acked' = IF Bug = "AckBeforeSync" THEN acked \cup {j} ELSE acked
-    /\ UNCHANGED <<durable, held, phase, completions, crashes, requeues, releases>>
+    \* Written through, the event is durable now, and the client told now.
+    /\ acked' = IF Bug = "AckBeforeSync" \/ WriteThrough THEN acked \cup {j} ELSE acked
+    /\ UNCHANGED <<snap, held, phase, crashes, requeues, releases>>
 
 DelayElapsed(j) ==
     /\ CanAppend /\ CanRelease(j)
     /\ Emit(Event("DelayElapsed", j, 0, NoTarget, 0))
-    /\ UNCHANGED <<durable, held, phase, history>>
+    /\ UNCHANGED <<snap, held, phase, acked, crashes, requeues, releases>>
 
 \* Python does not check attempts_used < max_attempts here: a pending job
 \* always has an attempt left.  AttemptsWithinMax checks that claim.
@@ -243,14 +267,14 @@ LeaseGranted(w, j) ==
     /\ LET attempt == Rec(j).attempt + 1
        IN  /\ Emit(Event("LeaseGranted", j, attempt, NoTarget, 0))
            /\ held' = [held EXCEPT ![w] = <<j, attempt>>]
-    /\ UNCHANGED <<durable, phase, history>>
+    /\ UNCHANGED <<snap, phase, acked, crashes, requeues, releases>>
 
 \* Completion wins over a requested cancellation: the work was done.
 JobCompleted(w) ==
     /\ CanAppend /\ Accepts(w)
     /\ Emit(Event("JobCompleted", held[w][1], held[w][2], NoTarget, 0))
     /\ held' = [held EXCEPT ![w] = NoLease]
-    /\ UNCHANGED <<durable, phase, history>>
+    /\ UNCHANGED <<snap, phase, acked, crashes, requeues, releases>>
 
 \* delayed: the retry waits for a backoff (only when there is a retry).
 JobFailed(w, delayed) ==
@@ -258,14 +282,14 @@ JobFailed(w, delayed) ==
     /\ delayed => Ending(Rec(held[w][1]), TRUE) = "delayed"
     /\ Emit(Event("JobFailed", held[w][1], held[w][2], Ending(Rec(held[w][1]), delayed), 0))
     /\ held' = [held EXCEPT ![w] = NoLease]
-    /\ UNCHANGED <<durable, phase, history>>
+    /\ UNCHANGED <<snap, phase, acked, crashes, requeues, releases>>
 
 \* The lease ran out.  The worker does not know: it still holds the lease
 \* and will report a stale result (StaleResultRefused).
 LeaseExpired(j) ==
     /\ CanAppend /\ CanExpire(j)
     /\ Emit(Event("LeaseExpired", j, Rec(j).attempt, Ending(Rec(j), FALSE), 0))
-    /\ UNCHANGED <<durable, held, phase, history>>
+    /\ UNCHANGED <<snap, held, phase, acked, crashes, requeues, releases>>
 
 \* The runtime gives the live attempt back unfinished (a graceful shutdown
 \* whose grace period ended): the job is ready again and the attempt does not
@@ -278,32 +302,32 @@ LeaseReleased(w) ==
        IN  Emit(Event("LeaseReleased", held[w][1], held[w][2], Ending(uncounted, FALSE), 0))
     /\ held' = [held EXCEPT ![w] = NoLease]
     /\ releases' = releases + 1
-    /\ UNCHANGED <<durable, phase, acked, completions, crashes, requeues>>
+    /\ UNCHANGED <<snap, phase, acked, crashes, requeues>>
 
 \* Only recovery abandons leases (model/recovery.py).
 LeaseAbandoned(j) ==
-    /\ phase = "recovering" /\ Len(tail) < MaxTail
+    /\ phase = "recovering" /\ Room
     /\ Status(j) = "in_flight"
     /\ Emit(Event("LeaseAbandoned", j, Rec(j).attempt, Ending(Rec(j), FALSE), 0))
     /\ phase' = IF \E k \in Jobs \ {j} : Status(k) = "in_flight"
                 THEN "recovering" ELSE "up"
-    /\ UNCHANGED <<durable, held, history>>
+    /\ UNCHANGED <<snap, held, acked, crashes, requeues, releases>>
 
 CancelRequested(j) ==
     /\ CanAppend /\ CanRequestCancel(j)
     /\ Emit(Event("CancelRequested", j, 0, NoTarget, 0))
-    /\ UNCHANGED <<durable, held, phase, history>>
+    /\ UNCHANGED <<snap, held, phase, acked, crashes, requeues, releases>>
 
 JobCancelled(j) ==
     /\ CanAppend /\ CanCancel(j)
     /\ Emit(Event("JobCancelled", j, 0, NoTarget, 0))
-    /\ UNCHANGED <<durable, held, phase, history>>
+    /\ UNCHANGED <<snap, held, phase, acked, crashes, requeues, releases>>
 
 JobRequeued(j) ==
     /\ CanAppend /\ CanRequeue(j)
     /\ Emit(Event("JobRequeued", j, 0, NoTarget, 0))
     /\ requeues' = requeues + 1
-    /\ UNCHANGED <<durable, held, phase, acked, completions, crashes, releases>>
+    /\ UNCHANGED <<snap, held, phase, acked, crashes, releases>>
 
 \* Not an event: decide rejects a result from a lease that is no longer the
 \* live one (rule stale_attempt), and the worker moves on.
@@ -406,6 +430,36 @@ Fairness ==
     /\ WF_vars(\E j \in Jobs : DelayElapsed(j))
 
 Spec == Init /\ [][Next]_vars /\ Fairness
+
+-----------------------------------------------------------------------------
+(* The cluster generalisation (not part of Spec).                         *)
+(*                                                                         *)
+(* A single node runs its workers inside its process: they die only with   *)
+(* it, and Recover abandons every lease found live.  In a cluster a node   *)
+(* dies alone, with its workers, while the other nodes run on, and the     *)
+(* leader then abandons the live leases of that node's workers, and only   *)
+(* those (tla/BeaverQueueCluster.tla, AbandonNode).  Seen from here, the   *)
+(* dead worker is one that never reports again, which Next already allows; *)
+(* what Next lacks is the step that ends its lease with LeaseAbandoned     *)
+(* while the queue is up.  LostLeaseAbandoned(w) is that step: w is gone,  *)
+(* so it no longer holds anything.                                         *)
+(*                                                                         *)
+(* It is kept out of Next on purpose: in a single process it would abandon *)
+(* the lease of a running worker (docs/tla.md, "Recover may be decided at  *)
+(* any time"), and LiveLeasesHaveWorkers, the single-node check that       *)
+(* recovery abandons, would lose its meaning.  BeaverQueueCluster refines  *)
+(* SafetySpecWithLostWorkers (with MaxTail = 0, write-through), the safety *)
+(* part of Spec with this one step added.                                  *)
+
+LostLeaseAbandoned(w) ==
+    /\ CanAppend /\ Accepts(w)
+    /\ Emit(Event("LeaseAbandoned", held[w][1], held[w][2], Ending(Rec(held[w][1]), FALSE), 0))
+    /\ held' = [held EXCEPT ![w] = NoLease]
+    /\ UNCHANGED <<snap, phase, acked, crashes, requeues, releases>>
+
+NextWithLostWorkers == Next \/ \E w \in Workers : LostLeaseAbandoned(w)
+
+SafetySpecWithLostWorkers == Init /\ [][NextWithLostWorkers]_vars
 
 -----------------------------------------------------------------------------
 (* Safety.                                                                 *)
