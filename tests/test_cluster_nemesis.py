@@ -1,0 +1,239 @@
+"""Nemesis tests: faults done to a real cluster (3 etcd members, beaverq node processes,
+producers with idempotency keys), then the checker over the final log.
+
+Goal: whatever the fault (a leader node SIGKILLed, the etcd leader SIGKILLed, the leader
+node paused past its lease, the etcd leader cut off from its peers, clocks seconds
+apart, and a seeded mix of all of them), once the faults stop the queue drains and the
+log in etcd accounts for everything: identical on every member, gapless, every
+acknowledged job in it exactly once and finished as its kind must end, no completion
+twice, event times never going backwards, the history properties of spec/history.py
+(``audit`` in impl/cluster/audit.py; ``report.lines()`` is printed under ``-s``).  And
+the cluster is still whole: every node still running leases work after the fault.
+
+Method (tests/cluster_support.py): each test starts its own cluster under ``tmp_path``,
+loads it with the demo's job mix through every node, does its fault a third of the way
+through the enqueueing, enqueues a second wave after it, waits (with deadlines) for the
+queue to drain, stops the nodes and audits.  Every process, and every namespace, is
+ended by the fixture even when the test fails.  Without ``etcd`` on PATH the tests
+skip; without network namespaces the partition test skips with the reason, and the
+loop runs without partitions.
+
+The long run, by hand (N rounds of random faults; BEAVERQ_NEMESIS_SEED picks the
+faults, default 1)::
+
+    BEAVERQ_NEMESIS_ROUNDS=30 pytest -s tests/test_cluster_nemesis.py -k loop
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cluster_support import Cluster, nemesis_mix
+
+from beaverq.impl.cluster.netns import Netns, netns_available
+from beaverq.model import LeaseExpired, LeaseGranted
+
+pytestmark = [
+    pytest.mark.nemesis,
+    pytest.mark.skipif(
+        shutil.which("etcd") is None,
+        reason="etcd is not on PATH: install it with 'apt-get install etcd-server'",
+    ),
+]
+
+#: Jobs enqueued before and during the fault, and the wave after it.
+JOBS = 600
+WAVE = 240
+ROUNDS = int(os.environ.get("BEAVERQ_NEMESIS_ROUNDS", "3"))
+SEED = int(os.environ.get("BEAVERQ_NEMESIS_SEED", "1"))
+SKEW_MS = 5000
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    cluster = Cluster(tmp_path)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def _in_namespaces(tmp_path: Path) -> Iterator[Cluster]:
+    netns = Netns.create(3)
+    try:
+        cluster = Cluster(tmp_path, netns)
+        try:
+            yield cluster
+        finally:
+            cluster.close()
+    finally:
+        netns.destroy()
+
+
+@pytest.fixture
+def netns_cluster(tmp_path: Path) -> Iterator[Cluster]:
+    reason = netns_available()
+    if reason is not None:
+        pytest.skip(f"no network namespaces: {reason}")
+    yield from _in_namespaces(tmp_path)
+
+
+@pytest.fixture
+def loop_cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """In namespaces if this machine can make them (partitions join the mix)."""
+    if netns_available() is None:
+        yield from _in_namespaces(tmp_path)
+    else:
+        cluster = Cluster(tmp_path)
+        try:
+            yield cluster
+        finally:
+            cluster.close()
+
+
+def _run(cluster: Cluster, fault: Callable[[], dict[str, Any]], seed: int) -> dict[str, Any]:
+    """Load, the fault a third of the way in, a second wave, drain, audit."""
+    started = time.monotonic()
+    phases: dict[str, float] = {}
+
+    def phase(name: str) -> None:
+        phases[name] = round(time.monotonic() - started, 1)
+        print(f"  [{phases[name]:5.1f} s] {name}")
+
+    if not cluster.nodes:
+        cluster.start_nodes(3)
+    phase("nodes up")
+    cluster.produce(nemesis_mix(JOBS, seed))
+    cluster.wait_acked(JOBS // 3)
+    phase("fault")
+    figures = fault()
+    phase(f"faults over: {figures}")
+    after = cluster.head()[0]
+    cluster.produce(nemesis_mix(WAVE, seed + 1))
+    ids = cluster.finish_producing()
+    phase("all acknowledged")
+    cluster.drain_and_audit(ids, after_lsn=after)
+    phase("audited")
+    figures["phases"] = phases
+    figures.update(cluster.figures, seconds=round(time.monotonic() - started, 1))
+    print(f"  {figures}")
+    return figures
+
+
+def test_leader_node_killed_and_restarted(cluster: Cluster) -> None:
+    """SIGKILL the leader node mid-load; another takes over; the victim restarts."""
+    figures = _run(cluster, cluster.kill_leader_node, seed=11)
+    assert figures["successor"][0] != figures["victim"]
+    assert figures["successor"][1] > figures["epoch"]
+
+
+def test_etcd_leader_killed_and_restarted(cluster: Cluster) -> None:
+    """SIGKILL the etcd member that leads; the other two elect one; it rejoins."""
+    figures = _run(cluster, cluster.kill_etcd_leader, seed=12)
+    assert cluster.members.running_indices() == (0, 1, 2)
+    assert figures["election_s"] < 30
+
+
+def test_leader_node_paused_past_its_lease(cluster: Cluster) -> None:
+    """SIGSTOP the leader node until its lease has expired and a successor appends,
+    then SIGCONT: the epoch fence refuses anything it still tries to append (the
+    audit: no gap, no duplicate, nothing lost), it notices (rejoins under a new
+    lease) and its workers pull work again from the new leader."""
+    figures = _run(cluster, cluster.pause_leader_node, seed=13)
+    assert figures["successor"][0] != figures["victim"]
+    assert figures["paused_s"] > 2  # past LEASE_TTL_S
+
+
+def test_etcd_leader_partitioned_from_its_peers(netns_cluster: Cluster) -> None:
+    """Cut the etcd leader's peer link (its clients still reach it: a minority leader)
+    in network namespaces, nodes and producers in the hub; the majority elects another,
+    the queue goes on; heal."""
+    figures = _run(netns_cluster, netns_cluster.partition_etcd_leader, seed=14)
+    assert figures["election_s"] < 30
+
+
+def test_leadership_moves_between_skewed_clocks(cluster: Cluster) -> None:
+    """Two nodes, one clock 5 s behind and one 5 s ahead; the leader is killed twice,
+    so leadership goes slow -> fast (time jumps ahead) and fast -> slow (the new
+    leader's clock is 10 s behind the log: FloorClock holds it at the last event).
+    Event times never go backwards, and in log time no lease expired before its
+    timeout: LeaseExpired.at_ms - LeaseGranted.at_ms >= timeout_ms for that attempt."""
+    cluster.start_node("slow", "--clock-skew-ms", str(-SKEW_MS))
+    cluster.wait_registered()
+    cluster.start_node("fast", "--clock-skew-ms", str(SKEW_MS))
+    cluster.wait_registered()
+    assert cluster.leader()[0] == "slow"
+    moves: list[dict[str, Any]] = []
+
+    def two_moves() -> dict[str, Any]:
+        moves.append(cluster.kill_leader_node())
+        cluster.wait_registered()
+        cluster.wait_progress(50)
+        moves.append(cluster.kill_leader_node())
+        return {"moves": [(m["victim"], m["successor"][0], m["failover_s"]) for m in moves]}
+
+    _run(cluster, two_moves, seed=15)
+    assert [(m["victim"], m["successor"][0]) for m in moves] == [
+        ("slow", "fast"),
+        ("fast", "slow"),
+    ]
+    report = cluster.last_report
+    assert report is not None
+    assert not report.time_went_back
+    granted = {(e.job_id, e.attempt): e for e in report.log if isinstance(e, LeaseGranted)}
+    lived = [
+        (
+            e.at_ms - granted[(e.job_id, e.attempt)].at_ms,
+            report.state.jobs[e.job_id].spec.timeout_ms,
+        )
+        for e in report.log
+        if isinstance(e, LeaseExpired)
+    ]
+    assert lived, "no lease expired: the timeout jobs did not run past their leases"
+    early = [(held, timeout) for held, timeout in lived if held < timeout]
+    assert not early, f"leases expired before their timeout (held ms, timeout ms): {early[:5]}"
+    print(f"  {len(lived)} leases expired; shortest held {min(h for h, _ in lived)} ms (log time)")
+
+
+def test_nemesis_loop(loop_cluster: Cluster) -> None:
+    """A seeded mix of the faults above, ROUNDS rounds (3 in CI), on 3 nodes whose
+    clocks are 1.5 s apart either way; one audit at the end over everything.
+
+    By hand, longer: ``BEAVERQ_NEMESIS_ROUNDS=30 pytest -s tests/test_cluster_nemesis.py
+    -k loop`` (``BEAVERQ_NEMESIS_SEED=N`` for another sequence of faults)."""
+    cluster = loop_cluster
+    rng = random.Random(SEED)
+    cluster.start_node("n1", "--clock-skew-ms", "-1500")
+    cluster.start_node("n2", "--clock-skew-ms", "1500")
+    cluster.start_node("n3")
+    cluster.wait_registered()
+    faults: dict[str, Callable[[], dict[str, Any]]] = {
+        "kill leader node": cluster.kill_leader_node,
+        "kill etcd leader": cluster.kill_etcd_leader,
+        "pause leader node": cluster.pause_leader_node,
+    }
+    if cluster.netns is not None:
+        faults["partition etcd leader"] = cluster.partition_etcd_leader
+    done: list[dict[str, Any]] = []
+
+    def rounds() -> dict[str, Any]:
+        for number in range(1, ROUNDS + 1):
+            name = rng.choice(sorted(faults))
+            figures = faults[name]()
+            print(f"  round {number}/{ROUNDS}: {figures}")
+            done.append(figures)
+            cluster.wait_registered()
+            cluster.produce(nemesis_mix(WAVE // 2, SEED * 1000 + number))
+            cluster.wait_acked(cluster.acked() + WAVE // 6)
+        return {"seed": SEED, "rounds": len(done)}
+
+    figures = _run(cluster, rounds, seed=SEED * 100)
+    assert len(done) == ROUNDS
+    print(f"  faults: {[f['fault'] for f in done]}; {figures}")
