@@ -312,8 +312,12 @@ class ClusterNode:
                 return
             if self.membership.lost.is_set():
                 return
-            with contextlib.suppress(EtcdError):
+            try:
                 self._abandon_departed(controller)
+            except EtcdError:
+                continue  # etcd busy or a member down: the next round asks again
+            except Exception:  # the controller failed under it (an append refused)
+                return
 
     def _abandon_departed(self, controller: Controller) -> None:
         """End the leases of nodes whose registration is gone (their lease expired:
