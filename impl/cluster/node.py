@@ -43,7 +43,7 @@ from beaverq.model.nodes import node_of_worker
 from .etcd_client import EtcdClient, EtcdError
 from .etcd_log import ClusterKeys, EtcdLog
 from .follower import LogFollower
-from .log_writer import EtcdLogWriter
+from .log_writer import APPEND_TIMEOUT_S, EtcdLogWriter
 from .membership import Membership, NodeInfo, current_leader, registered_nodes
 from .node_workers import LeaderPort, LeaderUnreachable, NodeWorkers, NoWorkers
 from .rpc import NotLeader, RpcClient, RpcServer
@@ -56,6 +56,10 @@ DEPARTURES_EVERY_S = 0.5
 LEADER_CACHE_S = 0.5
 #: How long a follower waits to see its own forwarded change in its fold.
 READ_YOUR_WRITE_S = 10.0
+#: How long this node waits for the leader's answer (a lease, results, a forwarded
+#: command): a live leader answers within its append timeout; one that is paused or cut
+#: off never does, and until the call gives up this node's workers pull nothing.
+PEER_ANSWER_S = 2 * APPEND_TIMEOUT_S
 
 
 @attrs.frozen(kw_only=True)
@@ -444,7 +448,7 @@ class ClusterNode:
             if info is None or info.node == self.options.node:
                 self._peer = None
             elif self._peer is None or self._peer.url != info.rpc_url:
-                self._peer = RpcClient(info.rpc_url)
+                self._peer = RpcClient(info.rpc_url, timeout_s=PEER_ANSWER_S)
             return self._peer
 
 
