@@ -350,9 +350,18 @@ class Cluster:
 
         _wait("every job finished", finished, DRAIN_S, poll_s=0.2)
         self.figures["drain_s"] = round(time.monotonic() - started, 2)
-        running = {name for name, node in self.nodes.items() if node.process.poll() is None}
+        running = {
+            name
+            for name, node in self.nodes.items()
+            if node.process is not None and node.process.poll() is None
+        }
+        for node in self.nodes.values():  # all at once: a follower's stop takes seconds
+            if node.process is not None and node.process.poll() is None:
+                node.process.send_signal(signal.SIGTERM)
+        stopping = time.monotonic()
         for node in self.nodes.values():
-            node.terminate()
+            node.terminate()  # waits for it (SIGKILL after 20 s)
+        self.figures["stop_s"] = round(time.monotonic() - stopping, 2)
         report = self.call(audit, self.urls, CLUSTER, ids)
         deadline = time.monotonic() + CONVERGE_S
         while not report.members_identical and time.monotonic() < deadline:
