@@ -16,6 +16,9 @@ load.  What this adds:
   member; plus the checks the audit does not make (each kind ended as it must; after
   the faults every live node still pulled work).
 
+The node processes import tests/cluster_handlers.py: ``node_env`` puts tests/ on the
+PYTHONPATH they inherit.
+
 Every wait polls a condition with a deadline; ``close`` ends every process and
 namespace, whatever state the test left them in.
 """
@@ -29,6 +32,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
+
+from cluster_handlers import OVERRUN
 
 from beaverq.impl.cluster.audit import LogAudit, audit
 from beaverq.impl.cluster.etcd_client import EtcdClient, EtcdError, KeyValue
@@ -51,10 +56,11 @@ from beaverq.teaching.demo import BACKOFF, KINDS, job_mix
 T = TypeVar("T")
 KEYS = ClusterKeys(CLUSTER)
 EXPECTED = {kind.name: kind.expected for kind in KINDS}
-#: The demo's "timeout" kind sleeps 5 s, which would hold a worker for most of a test;
-#: this one runs past its lease as surely, in 0.6 s (2 attempts, then dead).
+#: The demo's "timeout" kind sleeps 5 s, which would hold a worker for most of a test,
+#: and stops at its deadline, so its failure usually beats the lease's expiry; this one
+#: overruns its lease for sure, for 0.6 s (2 attempts, both expired, then dead).
 TIMEOUT_JOB = {
-    "handler": "sleep",
+    "handler": OVERRUN,
     "args": {"seconds": 0.6},
     "timeout_ms": 250,
     "max_attempts": 2,
@@ -106,6 +112,13 @@ class HubProducer(Producer):
             self.failure = f"{type(error).__name__}: {error}"
         finally:
             self._client.close()
+
+
+def node_env() -> dict[str, str]:
+    """The environment entries node processes need (tests/ on PYTHONPATH)."""
+    here = str(Path(__file__).resolve().parent)
+    path = os.environ.get("PYTHONPATH")
+    return {"PYTHONPATH": here if not path else f"{here}{os.pathsep}{path}"}
 
 
 def _or_none(function: Callable[..., T]) -> Callable[..., T | None]:
@@ -165,11 +178,12 @@ class Cluster:
     # -- nodes ------------------------------------------------------------------------------
 
     def start_node(self, name: str, *extra_args: str) -> NodeProcess:
+        """A node process (it finds cluster_handlers.py on PYTHONPATH: ``node_env``)."""
         node = NodeProcess(
             self.urls,
             name,
             self.base,
-            extra_args=extra_args,
+            extra_args=("--import", "cluster_handlers", *extra_args),
             wrap=None if self.netns is None else self.netns.hub_argv,
         )
         self.nodes[name] = node

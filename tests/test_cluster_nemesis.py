@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_support import Cluster, nemesis_mix
+from cluster_support import Cluster, nemesis_mix, node_env
 
 from beaverq.impl.cluster.netns import Netns, netns_available
 from beaverq.model import LeaseExpired, LeaseGranted
@@ -54,6 +54,12 @@ WAVE = 240
 ROUNDS = int(os.environ.get("BEAVERQ_NEMESIS_ROUNDS", "3"))
 SEED = int(os.environ.get("BEAVERQ_NEMESIS_SEED", "1"))
 SKEW_MS = 5000
+
+
+@pytest.fixture(autouse=True)
+def _node_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in node_env().items():
+        monkeypatch.setenv(name, value)
 
 
 @pytest.fixture
