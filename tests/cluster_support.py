@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 from cluster_handlers import OVERRUN
 
 from beaverq.impl.cluster.audit import LogAudit, audit
+from beaverq.impl.cluster.cluster_client import ClusterCommandFailed, execute
 from beaverq.impl.cluster.etcd_client import EtcdClient, EtcdError, KeyValue
 from beaverq.impl.cluster.etcd_log import ClusterKeys
 from beaverq.impl.cluster.etcd_members import EtcdMembers
@@ -76,6 +77,8 @@ READY_S = 30.0
 FAILOVER_S = 30.0
 #: Every acknowledged job finished, after the faults stopped.
 DRAIN_S = 120.0
+#: How long the leader node stays paused: twice its lease's TTL (LEASE_TTL_S = 2).
+PAUSE_S = 4.0
 #: The members' copies of the log agree once the restarted ones have caught up.
 CONVERGE_S = 30.0
 
@@ -149,6 +152,7 @@ class Cluster:
         self.figures: dict[str, Any] = {}
         self._partitioned: set[int] = set()
         self.last_report: LogAudit | None = None
+        self.probes: dict[str, str] = {}  # job id -> kind, enqueued by probe()
 
     # -- reaching the cluster (from the hub, when there is one) ---------------------------
 
@@ -248,38 +252,51 @@ class Cluster:
             producer.join(max(0.0, deadline - time.monotonic()))
             assert not producer.is_alive(), f"{producer.name} still sending after {timeout_s} s"
             assert producer.failure is None, f"{producer.name}: {producer.failure}"
-        return {job_id: kind for p in self.producers for job_id, kind in p.acked.items()}
+        acked = {job_id: kind for p in self.producers for job_id, kind in p.acked.items()}
+        return acked | self.probes
 
-    def wait_progress(self, events: int, timeout_s: float = FAILOVER_S) -> None:
-        """Wait until the log grows by ``events`` LSNs: the cluster makes progress."""
-        start = self.head()[0]
-        _wait(
-            f"{events} more events in the log",
-            lambda: (
-                (now := self.call(_head_and_epoch, self.client)) is not None
-                and now[0] >= start + events
-            ),
-            timeout_s,
-        )
+    def probe(self, timeout_s: float = FAILOVER_S) -> float:
+        """Enqueue one job through the cluster, as a producer would, and wait for its
+        acknowledgement: the cluster takes writes (whatever the load).  The seconds it
+        took.  The job joins the acknowledged ones the audit accounts for."""
+        started = time.monotonic()
+        request = {"jobs": [{"handler": "noop", "timeout_ms": JOB_TIMEOUT_MS}]}
+        while True:
+            try:
+                job_ids = self.call(execute, self.urls, CLUSTER, "enqueue_batch", request)
+                break
+            except ClusterCommandFailed:
+                # Another attempt carries another key: a job stored by the failed one
+                # is in the log unacknowledged, which the audit allows.
+                if time.monotonic() - started > timeout_s:
+                    raise
+        self.probes[str(job_ids[0])] = "noop"
+        return time.monotonic() - started
 
     # -- faults -----------------------------------------------------------------------------
 
+    def new_leader(self, epoch: int) -> tuple[str, int]:
+        """Wait for a leader of another epoch than ``epoch``."""
+
+        def other() -> tuple[str, int] | None:
+            now = self.call(_or_none(current_leader), self.client, KEYS)
+            return now if now is not None and now[1] != epoch else None
+
+        found: tuple[str, int] = _wait("a new leader", other, FAILOVER_S, poll_s=0.01)
+        return found
+
     def kill_leader_node(self) -> dict[str, Any]:
-        """SIGKILL the leader node; time until a new leader appends; restart it."""
+        """SIGKILL the leader node; time until another is elected and until a job is
+        acknowledged again (the failover); restart it."""
         name, epoch = self.leader()
         registration = self.registration(name)
         assert registration is not None
-        head_at_kill = self.head()[0]
         self.nodes[name].kill()
         killed_at = time.monotonic()
-
-        def new_leader_appended() -> bool:
-            now = self.call(_head_and_epoch, self.client)
-            return now is not None and now[1] != epoch and now[0] > head_at_kill
-
-        _wait("a new leader appending", new_leader_appended, FAILOVER_S, poll_s=0.01)
+        successor = self.new_leader(epoch)
+        elected_s = time.monotonic() - killed_at
+        self.probe()
         failover_s = time.monotonic() - killed_at
-        successor = self.leader()
         self.nodes[name].start()
         self.wait_rejoined(name, registration.lease)
         return {
@@ -287,7 +304,8 @@ class Cluster:
             "victim": name,
             "epoch": epoch,
             "successor": successor,
-            "failover_s": round(failover_s, 2),
+            "elected_s": round(elected_s, 2),
+            "failover_s": round(failover_s, 2),  # until a job is acknowledged again
         }
 
     def kill_etcd_leader(self) -> dict[str, Any]:
@@ -297,36 +315,37 @@ class Cluster:
         killed_at = time.monotonic()
         self.members.wait_for_leader(FAILOVER_S, other_than=victim)
         election_s = time.monotonic() - killed_at
-        self.wait_progress(20)
+        self.probe()
+        writes_s = time.monotonic() - killed_at
         self.members.restart(victim)
         self.members.wait_ready(READY_S)
-        return {"fault": "kill etcd leader", "member": victim, "election_s": round(election_s, 2)}
+        return {
+            "fault": "kill etcd leader",
+            "member": victim,
+            "election_s": round(election_s, 2),
+            "writes_s": round(writes_s, 2),  # until a job is acknowledged again
+        }
 
     def pause_leader_node(self) -> dict[str, Any]:
         """SIGSTOP the leader node until its lease (2 s) is gone, a successor leads and
-        appends; SIGCONT; wait until the paused node has noticed (it rejoins under a new
-        lease: the keep-alive thread finds the old one expired)."""
+        a job is acknowledged, and at least PAUSE_S; SIGCONT; wait until the paused
+        node has noticed (it rejoins under a new lease: its keep-alive finds the old
+        one expired)."""
         name, epoch = self.leader()
         registration = self.registration(name)
         assert registration is not None and registration.lease
         self.signal_node(name, signal.SIGSTOP)
         paused_at = time.monotonic()
         try:
-            successor = _wait(
-                "a successor to the paused leader",
-                lambda: (
-                    (now := self.call(_or_none(current_leader), self.client, KEYS)) is not None
-                    and now != (name, epoch)
-                    and now
-                ),
-                FAILOVER_S,
-            )
+            successor = self.new_leader(epoch)
             took_over_s = time.monotonic() - paused_at
-            self.wait_progress(20)
+            self.probe()
+            writes_s = time.monotonic() - paused_at
+            # The fault's length (not a wait for a condition): past the lease, for sure.
+            time.sleep(max(0.0, paused_at + PAUSE_S - time.monotonic()))
         finally:
             self.signal_node(name, signal.SIGCONT)
         paused_s = time.monotonic() - paused_at
-
         self.wait_rejoined(name, registration.lease)
         assert successor[0] != name, f"{name} was paused, yet led epoch {successor[1]}"
         return {
@@ -335,12 +354,13 @@ class Cluster:
             "epoch": epoch,
             "successor": successor,
             "took_over_s": round(took_over_s, 2),
+            "writes_s": round(writes_s, 2),  # until a job is acknowledged again
             "paused_s": round(paused_s, 2),
         }
 
     def partition_etcd_leader(self) -> dict[str, Any]:
         """Cut the etcd leader's peer link (its clients still reach it); wait until the
-        majority elects another and the queue makes progress; heal."""
+        majority elects another and a job is acknowledged; heal."""
         assert self.netns is not None, "a partition needs the members in namespaces"
         victim = self.members.wait_for_leader(FAILOVER_S)
         self.netns.partition_peer(victim)
@@ -348,7 +368,8 @@ class Cluster:
         cut_at = time.monotonic()
         self.members.wait_for_leader(FAILOVER_S, other_than=victim)
         election_s = time.monotonic() - cut_at
-        self.wait_progress(20)
+        self.probe()
+        writes_s = time.monotonic() - cut_at
         self.netns.heal_peer(victim)
         self._partitioned.discard(victim)
         self.members.wait_ready(READY_S)
@@ -356,6 +377,7 @@ class Cluster:
             "fault": "partition etcd leader's peer link",
             "member": victim,
             "election_s": round(election_s, 2),
+            "writes_s": round(writes_s, 2),  # until a job is acknowledged again
             "cut_s": round(time.monotonic() - cut_at, 2),
         }
 
