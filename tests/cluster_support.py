@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -137,6 +138,40 @@ def _or_none(function: Callable[..., T]) -> Callable[..., T | None]:
     return call
 
 
+class LeaderWatch(threading.Thread):
+    """Polls the election key (every POLL_S) and keeps the timeline of who led:
+    (seconds since the watch began, node, epoch) at each change; None while no one
+    leads.  Through ``call``, so it also works from the hub."""
+
+    POLL_S = 0.05
+
+    def __init__(self, ask: Callable[[], tuple[str, int] | None]) -> None:
+        super().__init__(name="leader-watch", daemon=True)
+        self._ask = ask
+        self._stop = threading.Event()
+        self._began = time.monotonic()
+        self.timeline: list[tuple[float, str | None, int | None]] = []
+
+    def run(self) -> None:
+        last: tuple[str, int] | bool | None = False  # False: nothing seen yet
+        while not self._stop.wait(self.POLL_S):
+            try:
+                now = self._ask()
+            except Exception:  # the namespaces or etcd going away at the end
+                continue
+            if now != last:
+                at = round(time.monotonic() - self._began, 2)
+                self.timeline.append((at, None, None) if now is None else (at, *now))
+                last = now
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.join(5.0)
+
+    def epochs(self) -> list[int]:
+        return [epoch for _at, _node, epoch in self.timeline if epoch is not None]
+
+
 class Cluster:
     """3 etcd members (in namespaces if ``netns``), beaverq nodes, producers."""
 
@@ -153,6 +188,9 @@ class Cluster:
         self._partitioned: set[int] = set()
         self.last_report: LogAudit | None = None
         self.probes: dict[str, str] = {}  # job id -> kind, enqueued by probe()
+        ask = _or_none(current_leader)
+        self.leaders = LeaderWatch(lambda: self.call(ask, self.client, KEYS))
+        self.leaders.start()
 
     # -- reaching the cluster (from the hub, when there is one) ---------------------------
 
@@ -430,6 +468,16 @@ class Cluster:
             or job.status.value not in EXPECTED[kind]
         ]
         assert not wrong, f"{len(wrong)} jobs ended wrongly, e.g. {wrong[:5]}"
+        print(f"  who led (s, node, epoch): {self.leaders.timeline}")
+        epochs = self.leaders.epochs()
+        assert epochs == sorted(set(epochs)), f"an epoch led twice or went back: {epochs}"
+        died = [
+            f"{node.name}: {line.strip()}"
+            for node in self.nodes.values()
+            for line in node.log_path.read_text(errors="replace").splitlines()
+            if line.startswith(("Exception in thread", "Traceback"))
+        ]
+        assert not died, f"a node's thread died (its log): {died}"
         if after_lsn is not None:
             pulled = {
                 node_of_worker(event.worker_id)
@@ -442,6 +490,7 @@ class Cluster:
 
     def close(self) -> None:
         """End everything, whatever state it is in (a paused node, a cut link)."""
+        self.leaders.stop()
         for name in self.nodes:
             with contextlib.suppress(Exception):
                 self.signal_node(name, signal.SIGCONT)
