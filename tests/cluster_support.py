@@ -140,24 +140,25 @@ def _or_none(function: Callable[..., T]) -> Callable[..., T | None]:
 
 class LeaderWatch(threading.Thread):
     """Polls the election key (every POLL_S) and keeps the timeline of who led:
-    (seconds since the watch began, node, epoch) at each change; None while no one
-    leads.  Through ``call``, so it also works from the hub."""
+    (seconds since the watch began, node, epoch) at each change; (.., None, None)
+    while no one leads.  A poll etcd does not answer (a member down) is no news.
+    Through ``call``, so it also works from the hub."""
 
     POLL_S = 0.05
 
     def __init__(self, ask: Callable[[], tuple[str, int] | None]) -> None:
         super().__init__(name="leader-watch", daemon=True)
         self._ask = ask
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._began = time.monotonic()
         self.timeline: list[tuple[float, str | None, int | None]] = []
 
     def run(self) -> None:
         last: tuple[str, int] | bool | None = False  # False: nothing seen yet
-        while not self._stop.wait(self.POLL_S):
+        while not self._halt.wait(self.POLL_S):
             try:
                 now = self._ask()
-            except Exception:  # the namespaces or etcd going away at the end
+            except Exception:  # etcd not answering, or the namespaces going at the end
                 continue
             if now != last:
                 at = round(time.monotonic() - self._began, 2)
@@ -165,10 +166,12 @@ class LeaderWatch(threading.Thread):
                 last = now
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(5.0)
 
     def epochs(self) -> list[int]:
+        """The epochs in the order they led (an election key, once deleted, never
+        comes back: a repeat after a gap with no leader would be a fault)."""
         return [epoch for _at, _node, epoch in self.timeline if epoch is not None]
 
 
@@ -188,8 +191,7 @@ class Cluster:
         self._partitioned: set[int] = set()
         self.last_report: LogAudit | None = None
         self.probes: dict[str, str] = {}  # job id -> kind, enqueued by probe()
-        ask = _or_none(current_leader)
-        self.leaders = LeaderWatch(lambda: self.call(ask, self.client, KEYS))
+        self.leaders = LeaderWatch(lambda: self.call(current_leader, self.client, KEYS))
         self.leaders.start()
 
     # -- reaching the cluster (from the hub, when there is one) ---------------------------
