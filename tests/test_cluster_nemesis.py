@@ -8,7 +8,9 @@ log in etcd accounts for everything: identical on every member, gapless, every
 acknowledged job in it exactly once and finished as its kind must end, no completion
 twice, event times never going backwards, the history properties of spec/history.py
 (``audit`` in impl/cluster/audit.py; ``report.lines()`` is printed under ``-s``).  And
-the cluster is still whole: every node still running leases work after the fault.
+the cluster is still whole: every node still running leases work after the fault, no
+thread of any node died (its log holds no traceback), and the leadership timeline,
+polled from the election key all along, never shows an epoch twice or going back.
 
 Method (tests/cluster_support.py): each test starts its own cluster under ``tmp_path``,
 loads it with the demo's job mix through every node, does its fault a third of the way
@@ -149,10 +151,12 @@ def test_etcd_leader_killed_and_restarted(cluster: Cluster) -> None:
 
 
 def test_leader_node_paused_past_its_lease(cluster: Cluster) -> None:
-    """SIGSTOP the leader node until its lease has expired and a successor appends,
-    then SIGCONT: the epoch fence refuses anything it still tries to append (the
-    audit: no gap, no duplicate, nothing lost), it notices (rejoins under a new
-    lease) and its workers pull work again from the new leader."""
+    """SIGSTOP the leader node for PAUSE_S (4 s, twice its lease's TTL), past the
+    moment its successor is elected and a job is acknowledged; then SIGCONT.  The epoch
+    fence must refuse whatever it still tries to append (the audit: no gap, nothing
+    lost or twice; the timeline: its epoch never leads again); it must notice and step
+    down (it rejoins under a new lease, which only a node out of its leadership does)
+    and its workers must pull work again from the new leader."""
     figures = _run(cluster, cluster.pause_leader_node, seed=13)
     assert figures["successor"][0] != figures["victim"]
     assert figures["paused_s"] >= PAUSE_S  # twice LEASE_TTL_S
@@ -170,8 +174,11 @@ def test_leadership_moves_between_skewed_clocks(cluster: Cluster) -> None:
     """Two nodes, one clock 5 s behind and one 5 s ahead; the leader is killed twice,
     so leadership goes slow -> fast (time jumps ahead) and fast -> slow (the new
     leader's clock is 10 s behind the log: FloorClock holds it at the last event).
-    Event times never go backwards, and in log time no lease expired before its
-    timeout: LeaseExpired.at_ms - LeaseGranted.at_ms >= timeout_ms for that attempt."""
+    Event times never go backwards, and no lease expired before its timeout:
+    LeaseExpired.at_ms - LeaseGranted.at_ms >= timeout_ms for that attempt.  In log
+    time the skew budget is 0: the expiry is decided on the leader's FloorClock, which
+    never reads below the grant's time.  (In real time a lease granted under the slow
+    clock ends up to 10 s early once the fast node leads: the log cannot show that.)"""
     cluster.start_node("slow", "--clock-skew-ms", str(-SKEW_MS))
     cluster.wait_registered()
     cluster.start_node("fast", "--clock-skew-ms", str(SKEW_MS))
