@@ -477,7 +477,7 @@ class Cluster:
             f"{node.name}: {line.strip()}"
             for node in self.nodes.values()
             for line in node.log_path.read_text(errors="replace").splitlines()
-            if line.startswith(("Exception in thread", "Traceback"))
+            if line.startswith("Exception in thread")
         ]
         assert not died, f"a node's thread died (its log): {died}"
         if after_lsn is not None:

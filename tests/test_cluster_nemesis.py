@@ -9,8 +9,10 @@ acknowledged job in it exactly once and finished as its kind must end, no comple
 twice, event times never going backwards, the history properties of spec/history.py
 (``audit`` in impl/cluster/audit.py; ``report.lines()`` is printed under ``-s``).  And
 the cluster is still whole: every node still running leases work after the fault, no
-thread of any node died (its log holds no traceback), and the leadership timeline,
-polled from the election key all along, never shows an epoch twice or going back.
+thread of any node died (its log would say "Exception in thread"; a request thread of
+its RPC server that finds its client gone prints a traceback too, harmlessly), and the
+leadership timeline, polled from the election key all along, never shows an epoch
+twice or going back.
 
 Method (tests/cluster_support.py): each test starts its own cluster under ``tmp_path``,
 loads it with the demo's job mix through every node, does its fault a third of the way
