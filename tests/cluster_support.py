@@ -54,6 +54,7 @@ from beaverq.teaching.cluster_demo import (
     _wait,
 )
 from beaverq.teaching.demo import BACKOFF, KINDS, job_mix
+from beaverq.teaching.demo_runner import DEMO_MODULE
 
 T = TypeVar("T")
 KEYS = ClusterKeys(CLUSTER)
@@ -230,7 +231,7 @@ class Cluster:
             self.urls,
             name,
             self.base,
-            extra_args=("--import", "cluster_handlers", *extra_args),
+            extra=("--import", DEMO_MODULE, "--import", "cluster_handlers", *extra_args),
             wrap=None if self.netns is None else self.netns.hub_argv,
         )
         self.nodes[name] = node
