@@ -54,7 +54,7 @@ from beaverq.teaching.cluster_demo import (
     _wait,
 )
 from beaverq.teaching.demo import BACKOFF, KINDS, job_mix
-from beaverq.teaching.demo_runner import DEMO_MODULE
+from beaverq.teaching.demo_runner import DEMO_MODULE, DemoFailed
 
 T = TypeVar("T")
 KEYS = ClusterKeys(CLUSTER)
@@ -243,12 +243,19 @@ class Cluster:
         self.wait_registered()
 
     def wait_registered(self) -> None:
+        """Wait until every node is registered (says which are not, if they never are)."""
         names = set(self.nodes)
-        _wait(
-            f"nodes {sorted(names)} registered",
-            lambda: names <= set(self.registered()),
-            READY_S,
-        )
+        seen: set[str] = set()
+
+        def all_there() -> bool:
+            seen.clear()
+            seen.update(self.registered())
+            return names <= seen
+
+        try:
+            _wait(f"nodes {sorted(names)} registered", all_there, READY_S)
+        except DemoFailed as error:
+            raise AssertionError(f"{error}; unregistered: {sorted(names - seen)}") from error
         self.leader()
 
     def wait_rejoined(self, name: str, old_lease: int) -> None:
