@@ -355,8 +355,12 @@ class ClusterNode:
     def _rejoin(self) -> None:
         """The lease expired under us (a long pause): a new lease, a new registration."""
         self.membership = Membership(self.client, self.keys, self.membership.info)
-        with contextlib.suppress(EtcdError):
+        try:
             self.membership.join()
+        except EtcdError:
+            # Not joined (etcd busy or a member cut off): counted as lost, so that the
+            # next round of _lead tries again instead of campaigning on no lease forever.
+            self.membership.lost.set()
 
     # -- the calls (rpc.py's RpcTarget, and the LeaderPort of this node's workers) --------
 
