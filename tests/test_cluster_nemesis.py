@@ -41,8 +41,15 @@ from typing import Any
 import pytest
 from cluster_support import PAUSE_S, Cluster, nemesis_mix, node_env
 
+from beaverq.impl.cluster.etcd_client import EtcdClient, EtcdError
+from beaverq.impl.cluster.etcd_log import ClusterKeys
+from beaverq.impl.cluster.etcd_members import EtcdMembers
+from beaverq.impl.cluster.membership import Membership
 from beaverq.impl.cluster.netns import Netns, netns_available
+from beaverq.impl.cluster.node import ClusterNode, NodeOptions
+from beaverq.impl.runtime.handlers import HandlerRegistry
 from beaverq.model import LeaseExpired, LeaseGranted
+from beaverq.teaching.cluster_demo import _wait
 
 pytestmark = [
     pytest.mark.nemesis,
@@ -256,3 +263,42 @@ def test_nemesis_loop(loop_cluster: Cluster) -> None:
     figures = _run(cluster, rounds, seed=SEED * 100)
     assert len(done) == ROUNDS
     print(f"  faults: {[f['fault'] for f in done]}; {figures}")
+
+
+def test_a_node_whose_rejoin_is_refused_rejoins_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop found a node that stayed unregistered after a partition: its lease ran
+    out, and its one attempt to rejoin failed (etcd refused it).  Here, in one process:
+    the node's lease is revoked under it, and its first rejoin is refused; it must
+    register again, under a new lease, on a later attempt."""
+    real_join = Membership.join
+    joins: list[Membership] = []
+
+    def refused_once(self: Membership) -> None:
+        joins.append(self)
+        if len(joins) == 1:
+            raise EtcdError("refused on purpose: the member asked is cut off")
+        real_join(self)
+
+    keys = ClusterKeys("rejoin")
+    with EtcdMembers.start(1, tmp_path / "etcd") as members:
+        members.wait_ready(30.0)
+        options = NodeOptions(node="n1", cluster=keys.cluster, workers=1, queue_max=1)
+        node = ClusterNode(members.client_urls, HandlerRegistry(), options)
+        node.start()
+        try:
+            with EtcdClient(members.client_urls) as client:
+                _wait("n1 leading", lambda: node.is_leader, 20.0)
+                first = node.membership.lease
+                monkeypatch.setattr(Membership, "join", refused_once)
+                client.lease_revoke(first)
+
+                def registered_anew() -> bool:
+                    kv = client.get(keys.node_key("n1"))
+                    return kv is not None and kv.lease not in (0, first)
+
+                _wait("n1 registered under a new lease", registered_anew, 20.0)
+            assert len(joins) >= 2, "the refused join was not tried again"
+        finally:
+            node.stop(1.0)
