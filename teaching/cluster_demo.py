@@ -26,7 +26,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,10 @@ DEADLINE_S = 180.0
 
 
 class NodeProcess:
-    """One ``beaverq run --cluster`` process, in its own session (a SIGKILL reaches all)."""
+    """One ``beaverq run --cluster`` process, in its own session (a SIGKILL reaches all).
+
+    ``wrap`` rewrites the whole command line (the nemesis tests run nodes inside a
+    network namespace with ``Netns.hub_argv``)."""
 
     def __init__(
         self,
@@ -60,13 +63,15 @@ class NodeProcess:
         cluster: str = CLUSTER,
         workers: int = 4,
         extra: Sequence[str] = ("--import", DEMO_MODULE),
+        wrap: Callable[[Sequence[str]], list[str]] | None = None,
     ) -> None:
         self.name = name
-        self.argv = [
+        argv = [
             sys.executable, "-m", "beaverq.impl.frontends.cli", "run",
             "--cluster", ",".join(urls), "--cluster-name", cluster, "--node", name,
             "--workers", str(workers), "--grace", "2", *extra,
         ]  # fmt: skip
+        self.argv = argv if wrap is None else wrap(argv)
         self.log_path = log_dir / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.start()

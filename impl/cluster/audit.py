@@ -50,6 +50,8 @@ class LogAudit:
     history_problem: str | None
     state: State
     from_checkpoint_lsn: int = 0  # 0: the whole log from LSN 1 was read
+    #: The events read, in LSN order (for checks of their own: the nemesis tests').
+    log: tuple[Event, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -175,6 +177,7 @@ def audit(
         history_problem=history_problem,
         state=state,
         from_checkpoint_lsn=from_lsn,
+        log=tuple(events),
     )
 
 

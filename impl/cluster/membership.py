@@ -89,7 +89,14 @@ class Membership:
         when its lease is revoked (etcd's election waits only for the keys before its
         own; measured: it "won" once the old leader's lease expired), so a node that
         leaves must not be stuck in one.  Asking again with the same lease resumes the
-        same election key, so a round costs no place in the line."""
+        same election key, so a round costs no place in the line.
+
+        Never without a lease: etcd's election API answers a campaign on lease 0 by
+        making a session lease of its own, which etcd itself keeps alive (measured:
+        the campaign wins, under a lease no node holds), so that leadership would
+        outlive the node and block every other campaign."""
+        if not self.lease:
+            raise EtcdError(f"node {self.info.node} has no lease (not joined): no campaign")
         deadline = time.monotonic() + timeout_s
         while True:
             if self._stop.is_set():

@@ -43,7 +43,7 @@ from beaverq.model.nodes import node_of_worker
 from .etcd_client import EtcdClient, EtcdError
 from .etcd_log import ClusterKeys, EtcdLog
 from .follower import LogFollower
-from .log_writer import EtcdLogWriter
+from .log_writer import APPEND_TIMEOUT_S, EtcdLogWriter
 from .membership import Membership, NodeInfo, current_leader, registered_nodes
 from .node_workers import LeaderPort, LeaderUnreachable, NodeWorkers, NoWorkers
 from .rpc import NotLeader, RpcClient, RpcServer
@@ -56,6 +56,10 @@ DEPARTURES_EVERY_S = 0.5
 LEADER_CACHE_S = 0.5
 #: How long a follower waits to see its own forwarded change in its fold.
 READ_YOUR_WRITE_S = 10.0
+#: How long this node waits for the leader's answer (a lease, results, a forwarded
+#: command): a live leader answers within its append timeout; one that is paused or cut
+#: off never does, and until the call gives up this node's workers pull nothing.
+PEER_ANSWER_S = 2 * APPEND_TIMEOUT_S
 
 
 @attrs.frozen(kw_only=True)
@@ -312,8 +316,12 @@ class ClusterNode:
                 return
             if self.membership.lost.is_set():
                 return
-            with contextlib.suppress(EtcdError):
+            try:
                 self._abandon_departed(controller)
+            except EtcdError:
+                continue  # etcd busy or a member down: the next round asks again
+            except Exception:  # the controller failed under it (an append refused)
+                return
 
     def _abandon_departed(self, controller: Controller) -> None:
         """End the leases of nodes whose registration is gone (their lease expired:
@@ -347,8 +355,12 @@ class ClusterNode:
     def _rejoin(self) -> None:
         """The lease expired under us (a long pause): a new lease, a new registration."""
         self.membership = Membership(self.client, self.keys, self.membership.info)
-        with contextlib.suppress(EtcdError):
+        try:
             self.membership.join()
+        except EtcdError:
+            # Not joined (etcd busy or a member cut off): counted as lost, so that the
+            # next round of _lead tries again instead of campaigning on no lease forever.
+            self.membership.lost.set()
 
     # -- the calls (rpc.py's RpcTarget, and the LeaderPort of this node's workers) --------
 
@@ -440,7 +452,7 @@ class ClusterNode:
             if info is None or info.node == self.options.node:
                 self._peer = None
             elif self._peer is None or self._peer.url != info.rpc_url:
-                self._peer = RpcClient(info.rpc_url)
+                self._peer = RpcClient(info.rpc_url, timeout_s=PEER_ANSWER_S)
             return self._peer
 
 

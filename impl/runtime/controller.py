@@ -234,6 +234,9 @@ class Controller:
                 try:
                     self._committer.append(appended)
                 except WalFailed as error:
+                    # The log takes nothing more: the controller has failed, and says so
+                    # (``failure``) before it answers, not at the next durable wait.
+                    self._fail_locked(error)
                     raise nothing_done(error) from error
                 self._state = state
                 for event in appended:
@@ -257,12 +260,15 @@ class Controller:
 
     def _fail(self, error: BaseException) -> None:
         with self._lock:
-            if self._failure is None:
-                self._failure = error
-            self._stopping = True
-            self._lease_possible.notify_all()
-            self._state_changed.notify_all()
-            self._snapshot_due.notify_all()
+            self._fail_locked(error)
+
+    def _fail_locked(self, error: BaseException) -> None:
+        if self._failure is None:
+            self._failure = error
+        self._stopping = True
+        self._lease_possible.notify_all()
+        self._state_changed.notify_all()
+        self._snapshot_due.notify_all()
         self._stop_timers.set()
 
     # -- R2: durable before visible: every answer waits for the LSN it reflects. -----------
