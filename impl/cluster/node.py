@@ -69,7 +69,9 @@ class NodeOptions:
     rpc_host: str = "127.0.0.1"
     rpc_port: int = 0  # 0: any free port (the registration says which)
     workers: int = 4
-    queue_max: int = 60  # tasks leased ahead of the workers, per node
+    # Tasks a node may hold beyond its workers (leased ahead); how many it really
+    # leases ahead is the dispatch window's call (node_workers.py).
+    queue_max: int = 600
     group_commit_delay_s: float = 0.002
     # The leader's checkpoints into etcd (snapshots.py): they bound the log in etcd.
     snapshot_every_events: int = SNAPSHOT_EVERY_EVENTS
