@@ -182,6 +182,10 @@ class ClusterNode:
 
     # -- life ---------------------------------------------------------------------------
 
+    def advertise_metrics(self, url: str) -> None:
+        """Say in the registration where this node's metrics are (before ``start``)."""
+        self.membership.info = attrs.evolve(self.membership.info, metrics_url=url)
+
     def start(self) -> None:
         self.follower.start()
         # As a runner does (impl/runtime/gc_policy.py): the cyclic collector rescans the

@@ -12,7 +12,7 @@ from typing import Any
 
 from .etcd_client import EtcdClient, EtcdError, prefix_end
 from .etcd_log import ClusterKeys, EtcdLog
-from .membership import current_leader, registered_nodes
+from .membership import NodeInfo, current_leader, registered_nodes
 from .node_workers import LeaderUnreachable
 from .rpc import RpcClient
 
@@ -43,7 +43,7 @@ def cluster_status(etcd_urls: Sequence[str], cluster: str) -> dict[str, Any]:
         "cluster": cluster,
         "leader": None if leader is None else {"node": leader[0], "epoch": leader[1]},
         "log": {"head_lsn": head, "entries": entries},
-        "nodes": [_node(info.node, info.rpc_url, info.workers, head) for info in nodes.values()],
+        "nodes": [_node(info, head) for info in nodes.values()],
         "etcd": {
             "members": members,
             "alarms": alarms,
@@ -70,20 +70,19 @@ def _member(client: EtcdClient, url: str) -> dict[str, Any]:
     }
 
 
-def _node(name: str, url: str, workers: int, head: int) -> dict[str, Any]:
-    node = RpcClient(url, timeout_s=3.0)
+def _node(info: NodeInfo, head: int) -> dict[str, Any]:
+    registered = {
+        "node": info.node,
+        "rpc_url": info.rpc_url,
+        "metrics_url": info.metrics_url,
+        "workers": info.workers,
+    }
+    node = RpcClient(info.rpc_url, timeout_s=3.0)
     try:
         reply = node.call("/v1/op", {"op": "status", "params": {}})
         last_lsn = int(reply["result"]["last_lsn"])
     except (LeaderUnreachable, KeyError, TypeError, ValueError):
-        return {"node": name, "rpc_url": url, "workers": workers, "answering": False}
+        return registered | {"answering": False}
     finally:
         node.close()
-    return {
-        "node": name,
-        "rpc_url": url,
-        "workers": workers,
-        "answering": True,
-        "last_lsn": last_lsn,
-        "lag": max(0, head - last_lsn),
-    }
+    return registered | {"answering": True, "last_lsn": last_lsn, "lag": max(0, head - last_lsn)}

@@ -238,20 +238,27 @@ def run_node(args: argparse.Namespace, registry: Any, stop: threading.Event) -> 
                 clock_skew_ms=args.clock_skew_ms,
             ),
         )
-        node.start()
-    except (EtcdError, OSError, ValueError) as error:
-        return fail(f"cannot join cluster {cluster_name(args)!r} at {','.join(urls)}: {error}")
+    except (OSError, ValueError) as error:
+        return fail(f"cannot start node {name!r}: {error}")
     stop_metrics = None
     if args.metrics_port is not None:
+        # Before the node joins: its registration says where its metrics are.
         from beaverq.impl.cluster.node_metrics import serve_node_metrics
 
         try:
             server = serve_node_metrics(node, args.metrics_port)
         except OSError as error:
-            node.stop(0.0)
+            node.rpc.server_close()
             return fail(f"--metrics-port {args.metrics_port}: {error.strerror or error}")
         stop_metrics = server.stop
+        node.advertise_metrics(server.url)
         print(f"{PROG}: metrics on {server.url}", file=sys.stderr, flush=True)
+    try:
+        node.start()
+    except (EtcdError, OSError, ValueError) as error:
+        if stop_metrics is not None:
+            stop_metrics()
+        return fail(f"cannot join cluster {cluster_name(args)!r} at {','.join(urls)}: {error}")
     print(
         f"{PROG}: node {name} of cluster {cluster_name(args)!r} serving {node.rpc.url} with "
         f"{args.workers} workers",
