@@ -47,9 +47,10 @@ from beaverq.impl.cluster.etcd_log import (
 )
 from beaverq.impl.cluster.etcd_members import EtcdMembers
 from beaverq.impl.cluster.follower import LogFollower
-from beaverq.impl.cluster.membership import registered_nodes
+from beaverq.impl.cluster.membership import NodeNameTaken, registered_nodes
 from beaverq.impl.cluster.node import ClusterNode, NodeOptions
 from beaverq.impl.cluster.node_metrics import CLUSTER_METRIC_NAMES, NodeMetrics
+from beaverq.impl.cluster.rpc import NotLeader
 from beaverq.impl.frontends.metrics import METRIC_NAMES
 from beaverq.impl.runtime.handlers import HandlerRegistry
 from beaverq.model import Enqueue, Event, State, decide, evolve, initial_state
@@ -369,3 +370,19 @@ def test_a_cluster_with_no_node_is_a_clear_error(etcd: tuple[str, ...]) -> None:
     done = _cli("--cluster", ",".join(etcd), "--cluster-name", "nobody-here", "status")
     assert done.returncode == 1
     assert "no beaverq node is registered in cluster 'nobody-here'" in done.stderr
+
+
+def test_a_second_node_of_the_same_name_is_refused_and_a_ghost_gets_no_lease(
+    etcd: tuple[str, ...], cluster: tuple[str, list[ClusterNode]]
+) -> None:
+    """Two nodes of one name would share worker ids (the second's start would abandon
+    the first's running leases); a node whose registration is gone gets no lease."""
+    name, nodes = cluster
+    twin = ClusterNode(etcd, HandlerRegistry(), NodeOptions(node="n1", cluster=name))
+    with pytest.raises(NodeNameTaken, match="'n1' is registered in this cluster already"):
+        twin.start()
+    twin.kill()
+    leader = next(node for node in nodes if node.is_leader)
+    with pytest.raises(NotLeader, match="not registered"):
+        leader.lease(["ghost-w0"])
+    assert leader.lease(["n1-w7"]) == []  # registered, nothing ready: no task, no error

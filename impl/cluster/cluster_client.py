@@ -23,7 +23,7 @@ from .etcd_client import EtcdClient, EtcdError
 from .etcd_log import ClusterKeys
 from .membership import current_leader, registered_nodes
 from .node_workers import LeaderUnreachable
-from .rpc import RpcClient
+from .rpc import RpcClient, RpcRefused
 
 #: How long the client keeps trying nodes (a leader change takes about 2-3 s).
 RETRY_FOR_S = 15.0
@@ -83,6 +83,8 @@ def execute(etcd_urls: Sequence[str], cluster: str, op: str, params: Mapping[str
                 node = RpcClient(url)
                 try:
                     reply = node.call("/v1/op", request)
+                except RpcRefused as error:
+                    raise ClusterCommandFailed(str(error)) from None
                 except LeaderUnreachable as error:
                     last_problem = str(error)
                     continue

@@ -229,11 +229,18 @@ class EtcdClient:
     # -- transport ---------------------------------------------------------------------
 
     def call(
-        self, path: str, body: dict[str, Any], *, timeout_s: float | None = None
+        self,
+        path: str,
+        body: dict[str, Any],
+        *,
+        timeout_s: float | None = None,
+        write: bool = False,
     ) -> dict[str, Any]:
         """POST ``body`` to ``path`` on a member that answers.  A connection refused
-        moves on to the next member (nothing was applied); a request that may have
-        reached a member and got no answer is an unknown outcome."""
+        moves on to the next member (nothing was applied).  A request that reached a
+        member and got no answer is an unknown outcome: a read then asks the next
+        member, a ``write`` does not (sending it again could apply it twice: the
+        caller reads to learn what happened) and raises ``EtcdUnavailable`` at once."""
         timeout = self._timeout_s if timeout_s is None else timeout_s
         last_error: Exception | None = None
         maybe_applied = False
@@ -241,16 +248,28 @@ class EtcdClient:
             start = self._current
         for offset in range(len(self._urls)):
             index = (start + offset) % len(self._urls)
+            url = self._urls[index]
             try:
-                response = self._http.post(self._urls[index] + path, json=body, timeout=timeout)
+                response = self._http.post(url + path, json=body, timeout=timeout)
             except httpx.ConnectError as error:
                 last_error = error  # never reached a member: safe to try the next
                 continue
             except httpx.TransportError as error:
                 last_error, maybe_applied = error, True
+                if write:
+                    with self._lock:  # the next call starts at another member
+                        self._current = (index + 1) % len(self._urls)
+                    break
                 continue
+            except httpx.InvalidURL as error:
+                raise EtcdError(f"{url!r} is not an etcd URL: {error}") from None
             with self._lock:
                 self._current = index
+            if write and response.status_code >= 500:
+                # etcd's "request timed out" or "leader changed": applied or not, unknown.
+                raise EtcdUnavailable(
+                    f"{path} at {url}: {response.text.strip()[:200]}", maybe_applied=True
+                )
             return self._answer(path, response)
         raise EtcdUnavailable(
             f"no etcd member answered {path} (tried {', '.join(self._urls)}): {last_error}",
@@ -318,12 +337,12 @@ class EtcdClient:
 
     def put(self, key: bytes, value: bytes, *, lease: int = 0) -> int:
         body = Put(key, value, lease).to_json()["request_put"]
-        payload = self.call("/v3/kv/put", body)
+        payload = self.call("/v3/kv/put", body, write=True)
         return int(payload["header"].get("revision", 0))
 
     def delete_range(self, key: bytes, range_end: bytes = b"") -> int:
         body = DeleteRange(key, range_end).to_json()["request_delete_range"]
-        payload = self.call("/v3/kv/deleterange", body)
+        payload = self.call("/v3/kv/deleterange", body, write=True)
         return int(payload.get("deleted", 0))
 
     def txn(
@@ -339,7 +358,7 @@ class EtcdClient:
             "success": [operation.to_json() for operation in success],
             "failure": [operation.to_json() for operation in failure],
         }
-        payload = self.call("/v3/kv/txn", body, timeout_s=timeout_s)
+        payload = self.call("/v3/kv/txn", body, timeout_s=timeout_s, write=True)
         ranges = tuple(
             tuple(
                 KeyValue.from_json(kv) for kv in response.get("response_range", {}).get("kvs", ())
@@ -353,12 +372,14 @@ class EtcdClient:
         )
 
     def compact(self, revision: int, *, physical: bool = True) -> None:
-        self.call("/v3/kv/compaction", {"revision": str(revision), "physical": physical})
+        self.call(
+            "/v3/kv/compaction", {"revision": str(revision), "physical": physical}, write=True
+        )
 
     # -- leases ------------------------------------------------------------------------
 
     def lease_grant(self, ttl_s: int) -> int:
-        payload = self.call("/v3/lease/grant", {"TTL": str(ttl_s)})
+        payload = self.call("/v3/lease/grant", {"TTL": str(ttl_s)}, write=True)
         return int(payload["ID"])
 
     def lease_keepalive(self, lease: int) -> int:
@@ -368,7 +389,7 @@ class EtcdClient:
 
     def lease_revoke(self, lease: int) -> None:
         try:
-            self.call("/v3/lease/revoke", {"ID": str(lease)})
+            self.call("/v3/lease/revoke", {"ID": str(lease)}, write=True)
         except EtcdError as error:
             if "lease not found" not in str(error):
                 raise
@@ -408,7 +429,7 @@ class EtcdClient:
                 "lease": str(leader.lease),
             }
         }
-        self.call("/v3/election/resign", body)
+        self.call("/v3/election/resign", body, write=True)
 
     # -- watch -------------------------------------------------------------------------
 

@@ -142,7 +142,11 @@ class LogFollower:
                     stop=self._stop,
                 ):
                     if self._paused.is_set():
-                        continue  # resume() reads these again by range
+                        # resume() reads these again by range; the next watch starts
+                        # after them, not again from the revision leadership began at.
+                        with self._changed:
+                            self._revision = max(self._revision, change.kv.mod_revision)
+                        continue
                     if not change.deleted:  # deletions are compaction (snapshot_loop.py)
                         entry = decode_entry(change.kv.key, change.kv.value)
                         if entry.first_lsn > self._state.last_lsn + 1:

@@ -19,7 +19,15 @@ import time
 import attrs
 import cattrs
 
-from .etcd_client import EtcdClient, EtcdError, EtcdUnavailable, LeaderKey, prefix_end
+from .etcd_client import (
+    Compare,
+    EtcdClient,
+    EtcdError,
+    EtcdUnavailable,
+    LeaderKey,
+    Put,
+    prefix_end,
+)
 from .etcd_log import ClusterKeys
 
 #: The lease's time to live.  A dead leader is replaced after at most this plus an
@@ -32,6 +40,10 @@ KEEPALIVES_PER_TTL = 3
 CAMPAIGN_ROUND_S = 1.0
 
 _converter = cattrs.Converter()
+
+
+class NodeNameTaken(EtcdError):
+    """Another live node has this node's name."""
 
 
 @attrs.frozen
@@ -62,8 +74,28 @@ class Membership:
         self._thread = threading.Thread(target=self._keep_alive, name="beaverq-lease", daemon=True)
 
     def join(self) -> None:
+        """Register, only if no live node has this name.  Two nodes of one name would
+        share worker ids: the second's start would abandon the first's running leases
+        (``AbandonNode``, which counts their attempts).  A name still held by a process
+        that just died is free once its lease expires, so it is asked for again until
+        then."""
         self.lease = self._client.lease_grant(LEASE_TTL_S)
-        self._client.put(self._keys.node_key(self.info.node), self.info.encode(), lease=self.lease)
+        key = self._keys.node_key(self.info.node)
+        deadline = time.monotonic() + LEASE_TTL_S + 1.0
+        while True:
+            registered = self._client.txn(
+                [Compare(key, "VERSION", 0)], [Put(key, self.info.encode(), lease=self.lease)]
+            )
+            if registered.succeeded:
+                break
+            if time.monotonic() >= deadline:
+                with contextlib.suppress(EtcdError):
+                    self._client.lease_revoke(self.lease)
+                raise NodeNameTaken(
+                    f"a live node named {self.info.node!r} is registered in this cluster "
+                    "already: give this one another --node"
+                )
+            time.sleep(0.1)  # a previous process's lease, running out
         self._thread.start()
 
     def leave(self) -> None:

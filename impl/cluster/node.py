@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -40,7 +41,7 @@ from beaverq.impl.runtime.workers import Task, TaskResult, ThreadPool
 from beaverq.impl.storage.wal import WalFailed
 from beaverq.model.nodes import node_of_worker
 
-from .etcd_client import EtcdClient, EtcdError
+from .etcd_client import EtcdClient, EtcdError, LeaderKey
 from .etcd_log import ClusterKeys, EtcdLog
 from .follower import LogFollower
 from .log_writer import APPEND_TIMEOUT_S, EtcdLogWriter
@@ -52,6 +53,10 @@ from .snapshots import SNAPSHOT_EVERY_EVENTS, SNAPSHOT_INTERVAL_S, CheckpointSou
 
 #: How often the leader looks for departed nodes (their leases to abandon).
 DEPARTURES_EVERY_S = 0.5
+#: How long ``stop`` waits for the leading thread to step down, and after a failed
+#: take-over how long a node waits before it campaigns again.
+STOP_JOIN_S = 5.0
+TAKE_OVER_RETRY_S = 1.0
 #: How long a follower trusts what it found out about the leader.
 LEADER_CACHE_S = 0.5
 #: How long a follower waits to see its own forwarded change in its fold.
@@ -178,6 +183,8 @@ class ClusterNode:
         )
         self.snapshots: LeaderSnapshots | None = None  # while leading
         self.leaderships = 0  # times this node became leader
+        # The registered nodes, as the leader last read them (_abandon_departed).
+        self._alive_nodes: frozenset[str] = frozenset()
         self._tuned = False
 
     # -- life ---------------------------------------------------------------------------
@@ -200,15 +207,22 @@ class ClusterNode:
 
     def stop(self, grace_s: float = 10.0) -> None:
         """Workers first (their results reach the leader, maybe this node), then the
-        leadership, then the lease (registration and election key go with it)."""
+        leadership (gracefully, while the epoch still fences its last appends), then the
+        lease (registration and election key go with it)."""
         self.workers.stop(grace_s)
         self._stop.set()
-        self.membership.leave()  # ends a waiting campaign, too
-        self._thread.join()
-        self._step_down(graceful=True)
+        if self._controller is not None:
+            self._thread.join(STOP_JOIN_S)  # _lead_once steps down and resigns
+        self.membership.leave()  # ends a waiting campaign's rounds, too
+        self._thread.join(STOP_JOIN_S)
+        self._step_down(graceful=True)  # if the leading thread did not get to it
         self.snapmarks.stop()
         self.rpc.stop()
         self.follower.stop()
+        with self._lock:
+            peer, self._peer = self._peer, None
+        if peer is not None:
+            peer.close()
         self.client.close()
         self._release_tuning()
 
@@ -260,21 +274,41 @@ class ClusterNode:
     def _lead(self) -> None:
         while not self._stop.is_set():
             try:
-                leader_key = self.membership.campaign(timeout_s=3600.0)
-            except EtcdError:
-                if self.membership.lost.is_set() and not self._stop.is_set():
-                    self._rejoin()
-                self._stop.wait(0.2)
-                continue
-            if self._stop.is_set():
-                return
-            try:
-                self._take_over(leader_key)
-            except Exception:  # etcd, or a state that fails to load: not leading
-                self._step_down(graceful=False)
-                continue
-            self._serve_as_leader()
+                self._lead_once()
+            except Exception as error:  # never a silent death: the lease would live on
+                _warn(f"node {self.options.node}: leading failed ({error}); campaigning again")
+                self._stop.wait(TAKE_OVER_RETRY_S)
+
+    def _lead_once(self) -> None:
+        """Campaign; when elected, take over and lead until that ends; then resign, so
+        that another node may lead while this one gets ready again (a node that keeps
+        failing to take over must not keep the election key: nobody else could lead)."""
+        try:
+            leader_key = self.membership.campaign(timeout_s=3600.0)
+        except EtcdError:
+            if self.membership.lost.is_set() and not self._stop.is_set():
+                self._rejoin()
+            self._stop.wait(0.2)
+            return
+        if self._stop.is_set():
+            return
+        try:
+            self._take_over(leader_key)
+        except Exception as error:  # etcd, or a state that fails to load: not leading
+            _warn(f"node {self.options.node}: could not take over ({error})")
             self._step_down(graceful=False)
+            self._resign(leader_key)
+            self._stop.wait(TAKE_OVER_RETRY_S)
+            return
+        self._serve_as_leader()
+        # Stopping: step down gracefully while the epoch still holds (stop() waits for
+        # this before it revokes the lease); otherwise the controller failed: halt it.
+        self._step_down(graceful=self._stop.is_set())
+        self._resign(leader_key)
+
+    def _resign(self, leader_key: LeaderKey) -> None:
+        with contextlib.suppress(EtcdError):
+            self.client.resign(leader_key)
 
     def _take_over(self, leader_key: Any) -> None:
         self.follower.catch_up()  # the head as of now: nothing older than our epoch is missing
@@ -333,6 +367,7 @@ class ClusterNode:
         """End the leases of nodes whose registration is gone (their lease expired:
         they died or stalled).  Node-scoped: the live nodes' leases stay live."""
         alive = set(registered_nodes(self.client, self.keys))
+        self._alive_nodes = frozenset(alive)
         state = controller.state
         holders = {
             node_of_worker(state.jobs[job_id].history[-1].worker_id) for job_id in state.in_flight
@@ -355,8 +390,10 @@ class ClusterNode:
                     return
             controller.halt()
         finally:
-            with contextlib.suppress(EtcdError):
-                self.follower.resume()  # else the watch loop's next catch-up does it
+            try:
+                self.follower.resume()
+            except Exception as error:  # the watch loop's next catch-up tries again
+                _warn(f"node {self.options.node}: the follower could not resume ({error})")
 
     def _rejoin(self) -> None:
         """The lease expired under us (a long pause): a new lease, a new registration."""
@@ -377,7 +414,14 @@ class ClusterNode:
         return controller
 
     def lease(self, worker_ids: Sequence[str]) -> list[Task]:
-        return remote_leases.lease_tasks(self._leading(), worker_ids)
+        """Leases for a registered node's workers only: a node whose registration is
+        gone (it stalled past its lease) would have them abandoned at the next round,
+        each abandonment counting an attempt of a job its workers may be running."""
+        controller = self._leading()
+        alive = self._alive_nodes
+        if any(node_of_worker(worker) not in alive for worker in worker_ids):
+            raise NotLeader("the asking node is not registered (its lease expired): rejoin first")
+        return remote_leases.lease_tasks(controller, worker_ids)
 
     def record_results(self, results: Sequence[TaskResult]) -> None:
         remote_leases.record_results(self._leading(), results)
@@ -398,6 +442,13 @@ class ClusterNode:
                 reply["retry"] = True
             return self._with_cluster(reply)
         if _is_read(body):
+            if self.follower.failure is not None:
+                return {
+                    "ok": False,
+                    "retry": True,
+                    "error": f"node {self.options.node} "
+                    f"cannot read the log ({self.follower.failure}): ask another node",
+                }
             view = StateView(self.follower.state, {"last_lsn": self.follower.state.last_lsn})
             return self._with_cluster(answer(view, body))
         peer = self._peer_client()
@@ -455,10 +506,13 @@ class ClusterNode:
             return None
         with self._lock:
             self._peer_checked_at = now
+            old = self._peer
             if info is None or info.node == self.options.node:
                 self._peer = None
-            elif self._peer is None or self._peer.url != info.rpc_url:
+            elif old is None or old.url != info.rpc_url:
                 self._peer = RpcClient(info.rpc_url, timeout_s=PEER_ANSWER_S)
+            if old is not None and old is not self._peer:
+                old.close()  # a leader change: its connection pool goes with it
             return self._peer
 
 
@@ -469,3 +523,8 @@ def _is_read(body: bytes) -> bool:
         return True  # malformed: answered (refused) locally
     operation = OPERATIONS.get(op) if isinstance(op, str) else None
     return operation is None or operation.command is None
+
+
+def _warn(message: str) -> None:
+    """One line on stderr: the runtime has no logging yet (a node's log is its stderr)."""
+    print(f"beaverq: {message}", file=sys.stderr, flush=True)

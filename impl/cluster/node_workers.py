@@ -13,6 +13,7 @@ and the attempt fence drops any that a new leader has meanwhile abandoned.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -143,14 +144,24 @@ class NodeWorkers:
         self._halted = True
         with self._changed:
             self._changed.notify_all()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
         self._pool.shutdown(0.0)
 
     def _run(self) -> None:
         while not self._stopping.is_set():
-            self._withdraw_waiting()
-            worked = self._send_results()
-            worked = self._pull() or worked
+            try:
+                self._withdraw_waiting()
+                worked = self._send_results()
+                worked = self._pull() or worked
+            except Exception as error:  # never a silent death: this node would pull no more
+                print(
+                    f"beaverq: node {self._node}: pulling work failed ({error}); retrying",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                self._stopping.wait(RETRY_S)
+                continue
             if not worked:
                 with self._changed:
                     if not self._results and not self._stopping.is_set():

@@ -1,6 +1,6 @@
 """The nodes' HTTP RPC (the design's Phase 2): JSON over HTTP/1.1.
 
-Three calls, all ``POST`` with a JSON body and a JSON answer:
+Four calls, all ``POST`` with a JSON body and a JSON answer:
 
 ``/v1/op``       ``{"op": ..., "params": {...}}``: the control socket's operations, with
                  the same table and refusal rules (impl/frontends/control.py, ``answer``).
@@ -8,6 +8,8 @@ Three calls, all ``POST`` with a JSON body and a JSON answer:
                  answers a read from its own fold of the log.
 ``/v1/lease``    ``{"worker_ids": [...]}`` -> ``{"ok": true, "tasks": [...]}`` (leader only)
 ``/v1/results``  ``{"results": [...]}`` -> ``{"ok": true}`` (leader only)
+``/v1/abandon_node``  ``{"node": ...}``: end that node's leases (leader only; a
+                 node that restarts asks it for itself before it leases)
 
 A node that is not the leader answers a leader-only call with 409 and the leader's
 node name, if it knows one.  Bodies are bounded (``BODY_BYTES_MAX``): a client cannot
@@ -47,6 +49,11 @@ class RpcTarget(Protocol):
     def record_results(self, results: Sequence[TaskResult]) -> None: ...
 
     def abandon_node(self, node: str) -> int: ...
+
+
+class RpcRefused(LeaderUnreachable):
+    """The node refused the request itself (too large, malformed): asking another node
+    the same would not help a client; a node's workers still keep their results."""
 
 
 class NotLeader(Exception):
@@ -115,7 +122,8 @@ class RpcServer(ThreadingHTTPServer):
         self._thread.start()
 
     def stop(self) -> None:
-        self.shutdown()
+        if self._thread.is_alive():  # shutdown() waits for a serve_forever that never ran
+            self.shutdown()
         self.server_close()
 
 
@@ -133,11 +141,18 @@ class RpcClient:
         content = body if isinstance(body, bytes) else json.dumps(body).encode()
         try:
             response = self._http.post(self.url + path, content=content)
-        except httpx.TransportError as error:
+            answer = response.json()
+        except (httpx.TransportError, ValueError, RuntimeError) as error:
+            # No answer, an answer that is not JSON, or this client closed meanwhile (a
+            # leader change): nothing was learnt, so the caller keeps what it sent.
             raise LeaderUnreachable(f"{self.url} did not answer: {error}") from error
-        answer: dict[str, Any] = response.json()
-        if response.status_code in (409, 503):
-            raise LeaderUnreachable(f"{self.url}: {answer.get('error')}")
+        if response.status_code != 200 or not isinstance(answer, dict):
+            # Not the leader (409), failing (503), or a request it refused (4xx): the
+            # caller keeps its results and asks again, never takes this for a yes.
+            error_text = answer.get("error") if isinstance(answer, dict) else answer
+            refused = 400 <= response.status_code < 500 and response.status_code != 409
+            kind = RpcRefused if refused else LeaderUnreachable
+            raise kind(f"{self.url} ({response.status_code}): {error_text}")
         return answer
 
     # A LeaderPort over HTTP (node_workers.py).

@@ -174,8 +174,9 @@ class LeaderSnapshots:
                     self.checkpoint(*due)
                 else:
                     self.compact()
-            except (EtcdError, SnapshotRefused) as error:
-                # The log is the record; a missed checkpoint only delays compaction.
+            except Exception as error:  # never a silent death: etcd would only grow
+                # The log is the record; a missed checkpoint only delays compaction, and
+                # the next one is tried as usual.  ``failure`` says why until then.
                 log.warning("beaverq: checkpoint or compaction failed: %s", error)
                 self.failure = error
             with self._cond:

@@ -532,7 +532,14 @@ class CheckpointSource:
                     f"the log up to LSN {compacted} is deleted and no checkpoint exists"
                 )
             return None
-        ahead = decode_manifest(found[0]).lsn - last_lsn
+        try:
+            ahead = decode_manifest(found[0]).lsn - last_lsn
+        except SnapshotCorrupt as error:
+            if must:  # load_checkpoint below falls back to the previous manifest
+                ahead = 0
+            else:  # the log is whole: a checkpoint is only a shortcut
+                log.error("beaverq: replaying the log instead (%s)", error)
+                return None
         if not must and ahead < RESTORE_GAIN_EVENTS:
             return None
         try:

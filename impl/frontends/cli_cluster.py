@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import sys
 import threading
 from typing import Any
@@ -152,9 +153,10 @@ def _cluster_down(args: argparse.Namespace) -> int:
             pids = [int(line) for line in pids_file if line.strip()]
     except (OSError, ValueError) as error:
         return fail(f"no members started with --detach under {args.dir}: {error}")
+    pids = [pid for pid in pids if _is_etcd(pid)]  # a stale file's pid may be reused
     for pid in pids:
         # Each member leads its own process group (etcd_members.py).
-        with contextlib.suppress(ProcessLookupError):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGTERM)
     os.unlink(path)
     print(
@@ -162,6 +164,15 @@ def _cluster_down(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _is_etcd(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            program = cmdline.read().split(b"\0")[0]
+    except OSError:
+        return False
+    return os.path.basename(program) == b"etcd" and _alive(pid)
 
 
 def _alive(pid: int) -> bool:
@@ -191,7 +202,9 @@ def _cluster_status(args: argparse.Namespace) -> int:
 
 
 def add_node_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--node", metavar="NAME", help="this node's name (default n<pid>)")
+    parser.add_argument(
+        "--node", metavar="NAME", help="this node's name, unique in the cluster (default HOST.PID)"
+    )
     parser.add_argument(
         "--rpc-host", default="127.0.0.1", metavar="HOST", help="RPC address (default 127.0.0.1)"
     )
@@ -216,15 +229,24 @@ def add_fault_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def default_node_name() -> str:
+    """``<host>.<pid>``: unique on a host and, unlike the pid alone, across hosts (in
+    containers every main process may be pid 1).  A host name holding the worker
+    separator of model/nodes.py gets it spelled another way."""
+    from beaverq.model.nodes import WORKER_SEPARATOR
+
+    host = socket.gethostname().split(".")[0] or "node"
+    return f"{host}.{os.getpid()}".replace(WORKER_SEPARATOR, "_w")
+
+
 def run_node(args: argparse.Namespace, registry: Any, stop: threading.Event) -> int:
     """``run --cluster``: join the cluster as a node until ``stop`` is set."""
-    from beaverq.impl.cluster.etcd_client import EtcdError
     from beaverq.impl.cluster.node import ClusterNode, NodeOptions
 
     urls = cluster_urls(args)
     if urls is None:
         return fail("no cluster given")
-    name = args.node or f"n{os.getpid()}"
+    name = args.node or default_node_name()
     try:
         node = ClusterNode(
             urls,
@@ -255,7 +277,10 @@ def run_node(args: argparse.Namespace, registry: Any, stop: threading.Event) -> 
         print(f"{PROG}: metrics on {server.url}", file=sys.stderr, flush=True)
     try:
         node.start()
-    except (EtcdError, OSError, ValueError) as error:
+    except Exception as error:  # etcd, a log that does not load, a taken name: one line
+        with contextlib.suppress(Exception):
+            node.kill()  # whatever had started
+            node.membership.leave()  # and the name, at once
         if stop_metrics is not None:
             stop_metrics()
         return fail(f"cannot join cluster {cluster_name(args)!r} at {','.join(urls)}: {error}")
