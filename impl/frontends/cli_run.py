@@ -78,7 +78,9 @@ def add_run(subparsers: Subparsers[Parser]) -> Parser:
         action="append",
         default=[],
         metavar="MODULE",
-        help="register MODULE's handlers (repeatable)",
+        help="register MODULE's handlers (repeatable): a module name, looked for on the "
+        "path and then in the current directory as 'python -m' does, or a file "
+        "(--import ./jobs/tasks.py)",
     )
     parser.add_argument(
         "--grace",

@@ -48,7 +48,6 @@ on Linux, every process the program started, even one that left the group with
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import math
 import os
@@ -67,6 +66,7 @@ from beaverq.model import limits
 from beaverq.model.validation import check_json
 
 from . import attempt_keeper
+from .handler_modules import import_named
 
 #: How often a waiting ``shell`` handler looks at its deadline and the cancel flag.
 SHELL_POLL_S = 0.02
@@ -182,8 +182,10 @@ class HandlerRegistry:
         return self._handlers.get(name)
 
     def import_module(self, module_name: str) -> list[str]:
-        """Import ``module_name`` and register its handlers; return their names."""
-        module = importlib.import_module(module_name)
+        """Import ``module_name`` (a module name, found as ``python -m`` would, or a
+        ``.py`` file's path: handler_modules.py) and register its handlers; return
+        their names."""
+        module_name, module = import_named(module_name)
         before = set(self._handlers)
         self._importing = True
         try:
