@@ -134,3 +134,28 @@ def test_runs_as_a_module() -> None:
     )
     assert bad.returncode == 2
     assert len(bad.stderr.splitlines()) == 1
+
+
+def test_help_names_the_data_directory_default_and_its_variable():
+    """Every command's --help says where the queue lives when --data-dir is not given."""
+    import subprocess
+    import sys
+
+    for argv in (["--help"], ["status", "--help"], ["enqueue", "--help"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "beaverq.impl.frontends.cli", *argv],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        text = " ".join(done.stdout.split())
+        assert done.returncode == 0
+        assert "default $BEAVERQ_DATA_DIR, else ./beaverq-data" in text, (argv, text)
+
+
+def test_the_package_says_what_it_is():
+    from importlib import metadata
+
+    meta = metadata.metadata("beaverq")
+    assert "crash-safe job queue" in meta["Summary"]
+    assert meta["Description"] and "beaverq" in meta["Description"]

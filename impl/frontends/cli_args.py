@@ -45,8 +45,8 @@ def add_global_options(
         "--data-dir",
         metavar="DIR",
         default=default,
-        help="folder holding the queue's log and snapshots (for the commands that keep "
-        "state; 'simulate' keeps none and ignores it)",
+        help="folder holding the queue's log and snapshots (default $BEAVERQ_DATA_DIR, "
+        "else ./beaverq-data; 'simulate' keeps no state and ignores it)",
     )
     if not cluster:
         return  # 'demo' has a --cluster flag of its own (its parser, teaching/demo.py)
