@@ -32,7 +32,6 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from beaverq.impl.cluster.audit import audit
 from beaverq.impl.cluster.cluster_client import with_identity
@@ -44,23 +43,9 @@ from beaverq.impl.cluster.membership import current_leader, registered_nodes
 from beaverq.impl.cluster.node_workers import LeaderUnreachable
 from beaverq.impl.cluster.rpc import RpcClient
 from beaverq.impl.cluster.snapshots import CheckpointSource
-from beaverq.teaching.cluster_demo import NodeProcess, _head_and_epoch, _wait
+from beaverq.teaching.cluster_demo import NodeProcess, _head_and_epoch, _status, _wait
 
 CLUSTER = "bench"
-
-
-def _status(client: EtcdClient) -> dict[str, Any] | None:
-    keys = ClusterKeys(CLUSTER)
-    leader = current_leader(client, keys)
-    info = None if leader is None else registered_nodes(client, keys).get(leader[0])
-    if info is None:
-        return None
-    node = RpcClient(info.rpc_url, timeout_s=10.0)
-    try:
-        reply = node.call("/v1/op", {"op": "status", "params": {}})
-    finally:
-        node.close()
-    return reply.get("result") if reply.get("ok") else None
 
 
 def _produce(urls: list[str], jobs: int, batch: int, acked: list[str]) -> None:
@@ -108,7 +93,7 @@ def throughput(client: EtcdClient, args: argparse.Namespace, acked: list[str]) -
     total = per * args.producers
 
     def all_done() -> bool:
-        status = _status(client)
+        status = _status(client, CLUSTER)
         return status is not None and status["completed"] >= total
 
     _wait("every job completed", all_done, 600.0, poll_s=0.2)
@@ -206,7 +191,7 @@ def main() -> int:
                     f"failover over {len(times)} kills: median {statistics.median(times):.2f} s, "
                     f"max {max(times):.2f} s (goal < 3 s)"
                 )
-            _wait("quiet", lambda: (_status(client) or {}).get("pending") == 0, 120.0)
+            _wait("quiet", lambda: (_status(client, CLUSTER) or {}).get("pending") == 0, 120.0)
             catch_up(client)
             report = audit(members.client_urls, CLUSTER, acked)
             for line in report.lines():

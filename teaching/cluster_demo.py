@@ -171,9 +171,9 @@ def _head_and_epoch(client: EtcdClient, cluster: str = CLUSTER) -> tuple[int, in
     return None if leader is None else (head, leader[1])
 
 
-def _status(client: EtcdClient) -> dict[str, Any] | None:
+def _status(client: EtcdClient, cluster: str = CLUSTER) -> dict[str, Any] | None:
     """The leader node's ``status`` (None while there is none to ask)."""
-    keys = ClusterKeys(CLUSTER)
+    keys = ClusterKeys(cluster)
     try:
         leader = current_leader(client, keys)
         info = None if leader is None else registered_nodes(client, keys).get(leader[0])

@@ -178,7 +178,7 @@ class ClusterNode:
             self.client,
             self.keys,
             options.node,
-            self._position,
+            self.position,
             lambda: self.membership.lease,
         )
         self.snapshots: LeaderSnapshots | None = None  # while leading
@@ -248,12 +248,6 @@ class ClusterNode:
         if self._tuned:
             self._tuned = False
             release_tuning()
-
-    def _position(self) -> int:
-        """The LSN this node's state covers: its controller's while it leads (its
-        follower is paused then), else its follower's."""
-        controller = self._controller
-        return self.follower.state.last_lsn if controller is None else controller.state.last_lsn
 
     @property
     def is_leader(self) -> bool:
